@@ -1,0 +1,9 @@
+# Strict teacher (the born-again baseline's patriarch): plain cross-entropy.
+#   python tools/train.py configs/fashion_mnist/strict_teacher_r18n_fmnist.py
+_base_ = [
+    '../_base_/models/resnet18_narrow_fmnist.py',
+    '../_base_/datasets/fashion_mnist_bs128.py',
+    '../_base_/fashion_mnist_runtime.py',
+]
+
+model = dict(head=dict(loss=dict(type='CrossEntropyLoss', loss_weight=1.0)))

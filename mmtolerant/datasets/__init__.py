@@ -1,0 +1,3 @@
+from .digits import SklearnDigits
+
+__all__ = ['SklearnDigits']

@@ -1,0 +1,3 @@
+from .export_model_hook import ExportModelHook
+
+__all__ = ['ExportModelHook']

@@ -1,0 +1,6 @@
+from .distill_classifier import (DistillImageClassifier, build_frozen_teacher,
+                                 plain_classifier_cfg)
+
+__all__ = [
+    'DistillImageClassifier', 'build_frozen_teacher', 'plain_classifier_cfg'
+]

@@ -1,0 +1,281 @@
+import copy
+import os
+from typing import List, Optional, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmengine.config import Config, ConfigDict
+from mmengine.logging import print_log
+from mmpretrain.models import ImageClassifier
+from mmpretrain.registry import MODELS
+from mmpretrain.structures import DataSample
+
+from mmtolerant.utils.checkpoint import (CheckpointLoadError,
+                                         extract_state_dict, safe_torch_load)
+from ..losses.utils import check_in_range
+
+# Arguments of DistillImageClassifier that a plain ImageClassifier lacks.
+DISTILL_ONLY_KEYS = ('teacher', 'lam', 'distill_loss', 'eval_teacher')
+
+
+def plain_classifier_cfg(model_cfg: Union[dict, ConfigDict]) -> ConfigDict:
+    """The stock ``ImageClassifier`` config of a (distillation) model config.
+
+    A :class:`DistillImageClassifier` config loses its teacher and
+    distillation settings; the rest (backbone, neck, head, preprocessor)
+    describes the student exactly, and its weights carry the same names.
+    """
+    cfg = ConfigDict(copy.deepcopy(dict(model_cfg)))
+    if cfg.get('type') in ('DistillImageClassifier',
+                           'mmtolerant.DistillImageClassifier',
+                           DistillImageClassifier):
+        cfg['type'] = 'ImageClassifier'
+        for key in DISTILL_ONLY_KEYS:
+            cfg.pop(key, None)
+    return cfg
+
+
+def _model_cfg_of(config) -> ConfigDict:
+    """The model config (with its preprocessor) from a path, Config or dict."""
+    if isinstance(config, (str, os.PathLike)):
+        path = os.fspath(config)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f'teacher config {path!r} does not exist')
+        config = Config.fromfile(path)
+    if isinstance(config, (Config, dict)) and 'model' in config:
+        model = ConfigDict(copy.deepcopy(dict(config['model'])))
+        if config.get('data_preprocessor') is not None:
+            model.setdefault('data_preprocessor',
+                             copy.deepcopy(config['data_preprocessor']))
+        return model
+    if isinstance(config, dict) and 'type' in config:
+        return ConfigDict(copy.deepcopy(dict(config)))
+    raise TypeError('teacher.config must be a config file path, a Config '
+                    'with a `model` field, or a model dict with a `type`; '
+                    f'got {type(config).__name__}')
+
+
+def _num_classes(model: nn.Module) -> Optional[int]:
+    for part in ('head', 'backbone'):
+        n = getattr(getattr(model, part, None), 'num_classes', None)
+        if isinstance(n, int):
+            return n
+    return None
+
+
+def build_frozen_teacher(config, checkpoint: str,
+                         cfg_options: Optional[dict] = None) -> nn.Module:
+    """Build a classifier from its config and load ``checkpoint`` strictly.
+
+    The checkpoint is read with ``weights_only=True`` (nothing in it can
+    execute code). The returned model is in eval mode with every parameter
+    frozen.
+    """
+    model_cfg = _model_cfg_of(config)
+    if cfg_options:
+        model_cfg.merge_from_dict(cfg_options)
+    model_cfg = plain_classifier_cfg(model_cfg)
+    # Weights come from the checkpoint: skip pretrained downloads.
+    model_cfg.pop('init_cfg', None)
+    model_cfg.pop('pretrained', None)
+    teacher = MODELS.build(model_cfg)
+
+    if checkpoint is None:
+        raise CheckpointLoadError('teacher.checkpoint is required: a frozen '
+                                  'teacher without trained weights teaches '
+                                  'nothing')
+    state_dict = extract_state_dict(safe_torch_load(checkpoint), checkpoint)
+    incompatible = teacher.load_state_dict(state_dict, strict=False)
+    if incompatible.missing_keys or incompatible.unexpected_keys:
+        raise CheckpointLoadError(
+            f'teacher checkpoint {checkpoint!r} does not match the teacher '
+            f'config: missing keys {incompatible.missing_keys[:5]}, '
+            f'unexpected keys {incompatible.unexpected_keys[:5]}')
+    teacher.eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+@MODELS.register_module()
+class DistillImageClassifier(ImageClassifier):
+    r"""An image classifier (the student) trained with a frozen teacher.
+
+    The student is any mmpretrain ``ImageClassifier`` (``backbone``,
+    ``neck``, ``head``, ``data_preprocessor``, ``train_cfg`` exactly as
+    there). Its loss is
+
+    .. math::
+        L_S = \lambda \cdot L_{head}(y, f_S)
+              + (1-\lambda) \cdot \tau^2 KL(f_T^{\tau} \| f_S^{\tau})
+
+    with :math:`L_{head}` the head's own loss (cross-entropy in the paper,
+    or TSD when the student is itself trained to be a tolerant teacher).
+    The terms are logged separately as ``loss_cls`` and ``loss_kd``.
+
+    The teacher sees exactly the student's preprocessed batch (after the
+    data preprocessor and batch augments such as Mixup). It is held outside
+    the module tree: it is not in ``state_dict()`` (so a checkpoint of this
+    model is a plain student checkpoint), not in ``parameters()`` (so never
+    in the optimizer nor in DDP's gradient buckets), never re-initialised by
+    ``init_weights``, always in eval mode and run under ``no_grad``. It moves
+    with the model (``.to()``, ``.cuda()``) and runs in the run's autocast
+    precision.
+
+    Args:
+        backbone, neck, head, pretrained, train_cfg, data_preprocessor,
+        init_cfg: As in mmpretrain's ``ImageClassifier``.
+        teacher (dict): ``config`` (path, Config, or model dict) and
+            ``checkpoint`` (path) of the teacher, optionally ``cfg_options``
+            applied to the teacher's model config. Same classes as the
+            student, any architecture.
+        lam (float): :math:`\lambda` in [0, 1], the weight of the head's
+            loss; the distillation loss gets :math:`1-\lambda`.
+            Defaults to 0.5.
+        distill_loss (dict): The distillation loss, called as
+            ``loss(student_logits, teacher_logits)``. Its ``loss_weight`` is
+            set to ``1 - lam``. Defaults to ``dict(type='DistillKLLoss',
+            tau=1.0)``.
+        eval_teacher (bool): Also store the teacher's prediction on each
+            validation/test sample as ``teacher_pred_score``, which the
+            ``TeacherAccuracy`` metric reads. Defaults to True.
+    """
+
+    def __init__(self,
+                 backbone: dict,
+                 teacher: dict,
+                 lam: float = 0.5,
+                 distill_loss: dict = dict(type='DistillKLLoss', tau=1.0),
+                 eval_teacher: bool = True,
+                 neck: Optional[dict] = None,
+                 head: Optional[dict] = None,
+                 pretrained: Optional[str] = None,
+                 train_cfg: Optional[dict] = None,
+                 data_preprocessor: Optional[dict] = None,
+                 init_cfg: Optional[dict] = None):
+        super().__init__(
+            backbone=backbone,
+            neck=neck,
+            head=head,
+            pretrained=pretrained,
+            train_cfg=train_cfg,
+            data_preprocessor=data_preprocessor,
+            init_cfg=init_cfg)
+        if not self.with_head:
+            raise ValueError('DistillImageClassifier needs a head: the '
+                             'student must produce class scores')
+        self.lam = check_in_range('DistillImageClassifier', 'lam', lam, 0.0,
+                                  1.0)
+        self.eval_teacher = bool(eval_teacher)
+
+        if isinstance(distill_loss, dict):
+            distill_loss = dict(distill_loss)
+            given = distill_loss.get('loss_weight')
+            if given is not None and abs(float(given) -
+                                         (1 - self.lam)) > 1e-12:
+                raise ValueError(
+                    f'DistillImageClassifier: distill_loss.loss_weight='
+                    f'{given} contradicts lam={self.lam} (the weight is '
+                    f'1 - lam = {1 - self.lam:g}); set lam only')
+            distill_loss['loss_weight'] = 1.0 - self.lam
+            distill_loss = MODELS.build(distill_loss)
+        self.distill_loss = distill_loss
+
+        if not isinstance(teacher, dict) or 'config' not in teacher \
+                or 'checkpoint' not in teacher:
+            raise ValueError('DistillImageClassifier: teacher must be a '
+                             'dict with `config` and `checkpoint`, got '
+                             f'{teacher!r}')
+        unknown = set(teacher) - {'config', 'checkpoint', 'cfg_options'}
+        if unknown:
+            raise ValueError('DistillImageClassifier: unknown teacher '
+                             f'keys {sorted(unknown)}')
+        frozen = build_frozen_teacher(teacher['config'],
+                                      teacher['checkpoint'],
+                                      teacher.get('cfg_options'))
+        self._check_teacher(frozen, teacher['checkpoint'])
+        # Not a submodule on purpose: see the class docstring.
+        object.__setattr__(self, 'teacher', frozen)
+        self.teacher_checkpoint = teacher['checkpoint']
+        print_log(
+            f'[mmtolerant] frozen teacher {type(frozen.backbone).__name__} '
+            f'loaded from {teacher["checkpoint"]} (lam={self.lam:g})',
+            logger='current')
+
+    def _check_teacher(self, teacher: nn.Module, checkpoint: str) -> None:
+        s_classes, t_classes = _num_classes(self), _num_classes(teacher)
+        if s_classes is not None and t_classes is not None \
+                and s_classes != t_classes:
+            raise ValueError(
+                f'the teacher ({checkpoint}) predicts {t_classes} classes '
+                f'but the student predicts {s_classes}: they must match')
+        # The teacher reads the student's preprocessed batch, so both must
+        # have been trained on identically normalised inputs.
+        s_pre, t_pre = self.data_preprocessor, teacher.data_preprocessor
+        for attr in ('mean', 'std'):
+            s_val, t_val = getattr(s_pre, attr, None), getattr(
+                t_pre, attr, None)
+            if (s_val is None) != (t_val is None) or (
+                    s_val is not None and
+                (s_val.shape != t_val.shape
+                 or not torch.allclose(s_val.float(), t_val.float()))):
+                show = (lambda v: None if v is None else v.flatten().tolist())
+                raise ValueError(
+                    f'teacher and student normalise inputs differently: '
+                    f'{attr} {show(t_val)} (teacher) vs {show(s_val)} '
+                    '(student); the teacher sees the student\'s batch')
+
+    # --- keep the hidden teacher on the model's device and in eval mode ---
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        if 'teacher' in self.__dict__:
+            self.teacher._apply(fn, *args, **kwargs)
+        return self
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if 'teacher' in self.__dict__:
+            self.teacher.train(False)
+        return self
+
+    @torch.no_grad()
+    def teacher_logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The frozen teacher's class scores on an already preprocessed
+        batch."""
+        logits = self.teacher.head(self.teacher.extract_feat(inputs))
+        return logits.detach()
+
+    def loss(self, inputs: torch.Tensor,
+             data_samples: List[DataSample]) -> dict:
+        feats = self.extract_feat(inputs)
+        if hasattr(self.head, '_get_loss'):
+            cls_score = self.head(feats)
+            head_losses = self.head._get_loss(cls_score, data_samples)
+        else:  # a head outside mmpretrain's ClsHead family
+            head_losses = self.head.loss(feats, data_samples)
+            cls_score = self.head(feats)
+        t_logits = self.teacher_logits(inputs)
+        if t_logits.shape != cls_score.shape:
+            raise ValueError(
+                f'teacher logits {tuple(t_logits.shape)} and student logits '
+                f'{tuple(cls_score.shape)} differ: teacher and student must '
+                'predict the same classes')
+
+        losses = dict()
+        for name, value in head_losses.items():
+            losses['loss_cls' if name == 'loss' else name] = \
+                self.lam * value if name == 'loss' else value
+        losses['loss_kd'] = self.distill_loss(cls_score, t_logits)
+        return losses
+
+    def predict(self,
+                inputs: torch.Tensor,
+                data_samples: Optional[List[DataSample]] = None,
+                **kwargs) -> List[DataSample]:
+        predictions = super().predict(inputs, data_samples, **kwargs)
+        if self.eval_teacher:
+            scores = F.softmax(self.teacher_logits(inputs).float(), dim=1)
+            for sample, score in zip(predictions, scores):
+                sample.set_field(score, 'teacher_pred_score')
+        return predictions

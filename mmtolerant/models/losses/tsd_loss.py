@@ -1,0 +1,116 @@
+import numbers
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmpretrain.models.losses.utils import weight_reduce_loss
+from mmpretrain.registry import MODELS
+
+from .utils import (as_target, check_in_range, check_reduction,
+                    check_weight, cross_entropy_per_sample, log_terms)
+
+
+def top_score_difference(cls_score: torch.Tensor, k: int) -> torch.Tensor:
+    r"""Per-sample Top Score Difference of the softmax output.
+
+    .. math::
+        \mathrm{TSD}(f) = f_{a_1} - \frac{1}{K-1}\sum_{k=2}^{K} f_{a_k}
+
+    where :math:`a_k` is the index of the k-th largest probability. Ties
+    give the same value whichever tied index ``topk`` picks.
+    """
+    prob = F.softmax(cls_score.float(), dim=1)
+    top = prob.topk(k, dim=1).values  # sorted, largest first
+    return top[:, 0] - top[:, 1:].mean(dim=1)
+
+
+@MODELS.register_module()
+class TSDLoss(nn.Module):
+    r"""The tolerant teacher's loss: cross-entropy plus Top Score Difference.
+
+    From "Training Deep Neural Networks in Generations: A More Tolerant
+    Teacher Educates Better Students" (Yang et al., AAAI 2019):
+
+    .. math::
+        L_T = \eta \cdot \mathrm{CE}(y, f) + (1 - \eta) \cdot
+              \Big[ f_{a_1} - \frac{1}{K-1}\sum_{k=2}^{K} f_{a_k} \Big]
+
+    :math:`f` is the softmax of ``cls_score`` and :math:`a_k` the index of its
+    k-th largest entry. The second term lowers the primary score and raises
+    the next K-1, so a few plausible secondary classes keep confidence instead
+    of it being spread over all classes. ``eta=1`` is plain cross-entropy.
+
+    Args:
+        eta (float): Weight of cross-entropy, in [0, 1]. ``1 - eta`` weighs
+            the TSD term.
+        k (int): Classes kept, the primary one included; ``k >= 2`` and at
+            most the number of classes.
+        num_classes (int, optional): If given, ``k`` is checked against it at
+            build time; otherwise at the first call. Defaults to None.
+        reduction (str): 'none', 'mean' or 'sum'. Defaults to 'mean'.
+        loss_weight (float): Multiplies the whole loss. Defaults to 1.0.
+        class_weight (list[float], optional): Per-class weights of the
+            cross-entropy term. Defaults to None.
+
+    ``label`` may be class indices (N,) or soft targets (N, C) from Mixup,
+    CutMix or label smoothing; only the cross-entropy term uses it.
+    """
+
+    def __init__(self,
+                 eta: float,
+                 k: int,
+                 num_classes: Optional[int] = None,
+                 reduction: str = 'mean',
+                 loss_weight: float = 1.0,
+                 class_weight: Optional[list] = None):
+        super().__init__()
+        self.eta = check_in_range('TSDLoss', 'eta', eta, 0.0, 1.0)
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) \
+                or k < 2:
+            raise ValueError('TSDLoss: k (classes kept, the primary one '
+                             f'included) must be an integer >= 2, got {k!r}')
+        if num_classes is not None and k > num_classes:
+            raise ValueError(f'TSDLoss: k={k} is larger than num_classes='
+                             f'{num_classes}')
+        self.k = int(k)
+        self.num_classes = num_classes
+        self.reduction = check_reduction('TSDLoss', reduction)
+        self.loss_weight = float(loss_weight)
+        self.class_weight = class_weight
+
+    def forward(self,
+                cls_score: torch.Tensor,
+                label: torch.Tensor,
+                weight: Optional[torch.Tensor] = None,
+                avg_factor: Optional[float] = None,
+                reduction_override: Optional[str] = None,
+                **kwargs) -> torch.Tensor:
+        reduction = check_reduction(
+            'TSDLoss', reduction_override or self.reduction)
+        target = as_target('TSDLoss', cls_score, label)
+        num_classes = cls_score.shape[1]
+        if self.k > num_classes:
+            raise ValueError(f'TSDLoss: k={self.k} is larger than the '
+                             f'{num_classes} classes of cls_score')
+        class_weight = None if self.class_weight is None else \
+            cls_score.new_tensor(self.class_weight, dtype=torch.float32)
+
+        ce = cross_entropy_per_sample(cls_score, target, class_weight)
+        if self.eta < 1.0:
+            tsd = top_score_difference(cls_score, self.k)
+            loss = self.eta * ce + (1.0 - self.eta) * tsd
+            if self.training:
+                log_terms(
+                    loss_tsd_ce=self.loss_weight * self.eta * ce.mean(),
+                    loss_tsd_term=self.loss_weight * (1 - self.eta) *
+                    tsd.mean())
+        else:
+            loss = ce
+        weight = check_weight('TSDLoss', weight, cls_score.shape[0])
+        loss = weight_reduce_loss(
+            loss, weight=weight, reduction=reduction, avg_factor=avg_factor)
+        return self.loss_weight * loss
+
+    def extra_repr(self) -> str:
+        return f'eta={self.eta}, k={self.k}, loss_weight={self.loss_weight}'

@@ -1,0 +1,139 @@
+"""Checkpoint loading that never executes code from the file.
+
+torch >= 2.6 loads with ``weights_only=True``: only tensors, containers and
+allow-listed globals are accepted, so a crafted pickle cannot run code. MMEngine
+0.10.7 writes a few globals into its own checkpoints (the message hub's
+``HistoryBuffer`` and numpy arrays/scalars in the logged statistics), so its
+``load_checkpoint``/``resume`` break on them. Rather than turning
+``weights_only`` off, this module allow-lists exactly those globals and
+registers a loader for local paths that uses them (:func:`register_safe_loader`).
+"""
+import os
+import os.path as osp
+import pickle
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+from mmengine.logging import HistoryBuffer
+
+__all__ = [
+    'CheckpointLoadError', 'safe_globals_for_mmengine', 'safe_torch_load',
+    'register_safe_loader', 'extract_state_dict'
+]
+
+
+class CheckpointLoadError(RuntimeError):
+    """A checkpoint file is missing, unreadable or not allowed to load."""
+
+
+def _history_buffer_getattr(obj, name, *default):
+    """Stand-in for ``builtins.getattr`` while unpickling.
+
+    ``HistoryBuffer`` keeps its statistics methods in a dict, which pickle
+    stores as ``getattr(HistoryBuffer, 'min')``. Only public attributes of
+    ``HistoryBuffer`` resolve; anything else is refused, so the general
+    ``getattr`` (a gadget for arbitrary calls) is never reachable.
+    """
+    if obj is HistoryBuffer and isinstance(name, str) \
+            and not name.startswith('_') and hasattr(HistoryBuffer, name):
+        return getattr(HistoryBuffer, name)
+    raise pickle.UnpicklingError(
+        f'refusing getattr({obj!r}, {name!r}) while loading a checkpoint: '
+        'only public HistoryBuffer attributes are allowed')
+
+
+def _numpy_globals() -> List[Any]:
+    from numpy.core import multiarray as np_multiarray  # noqa: F401
+    try:  # numpy >= 2
+        from numpy._core import multiarray as core_multiarray
+    except ImportError:  # pragma: no cover - numpy 1.x
+        core_multiarray = np_multiarray
+    entries: List[Any] = [np.ndarray, np.dtype]
+    for fn_name in ('_reconstruct', 'scalar'):
+        fn = getattr(core_multiarray, fn_name)
+        # Both spellings: numpy-2 files say ``numpy._core``, numpy-1 files
+        # say ``numpy.core``.
+        entries.append((fn, f'numpy._core.multiarray.{fn_name}'))
+        entries.append((fn, f'numpy.core.multiarray.{fn_name}'))
+    # dtype classes (``numpy.dtypes.Float64DType`` ...) appear in pickled
+    # numpy scalars; torch's own scan for unsafe globals does not list them.
+    dtypes = getattr(np, 'dtypes', None)
+    if dtypes is not None:
+        for name in dir(dtypes):
+            obj = getattr(dtypes, name)
+            if isinstance(obj, type) and issubclass(obj, np.dtype):
+                entries.append(obj)
+    return entries
+
+
+def safe_globals_for_mmengine() -> List[Any]:
+    """The globals an MMEngine runner checkpoint needs, and nothing more."""
+    return [HistoryBuffer, (_history_buffer_getattr, 'builtins.getattr')
+            ] + _numpy_globals()
+
+
+def safe_torch_load(filename: str, map_location: Any = 'cpu') -> Any:
+    """``torch.load`` with ``weights_only=True`` and MMEngine's globals allowed.
+
+    Raises:
+        CheckpointLoadError: the file is missing, unreadable, or holds
+            something that would need code execution to load. The message
+            names the file.
+    """
+    if not isinstance(filename, (str, os.PathLike)):
+        raise CheckpointLoadError(
+            f'checkpoint must be a file path, got {filename!r}')
+    filename = os.fspath(filename)
+    if not osp.isfile(filename):
+        raise CheckpointLoadError(f'checkpoint {filename!r} does not exist '
+                                  'or is not a file')
+    try:
+        with torch.serialization.safe_globals(safe_globals_for_mmengine()):
+            return torch.load(
+                filename, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointLoadError(
+            f'refused to load checkpoint {filename!r}: it holds objects that '
+            'are not plain weights (loading it would execute code from the '
+            f'file). Details: {e}') from None
+    except Exception as e:  # truncated file, not a torch file, ...
+        raise CheckpointLoadError(
+            f'could not read checkpoint {filename!r}: '
+            f'{type(e).__name__}: {e}') from None
+
+
+def _load_from_local(filename: str, map_location: Any = None) -> Any:
+    filename = osp.expanduser(filename)
+    if not osp.isfile(filename):
+        raise FileNotFoundError(f'{filename} can not be found.')
+    return safe_torch_load(filename, map_location=map_location)
+
+
+def register_safe_loader() -> None:
+    """Make MMEngine load local checkpoints with :func:`safe_torch_load`.
+
+    MMEngine dispatches on the path prefix through ``CheckpointLoader``; the
+    empty prefix is the local file loader used by ``load_from``, ``resume``
+    and ``load_checkpoint``.
+    """
+    from mmengine.runner.checkpoint import CheckpointLoader
+    CheckpointLoader.register_scheme(
+        prefixes='', loader=_load_from_local, force=True)
+
+
+def extract_state_dict(checkpoint: Any,
+                       filename: Optional[str] = None) -> Dict[str, Any]:
+    """The model weights of a loaded checkpoint, without wrapper prefixes."""
+    if isinstance(checkpoint, dict) and 'state_dict' in checkpoint:
+        state_dict = checkpoint['state_dict']
+    else:
+        state_dict = checkpoint
+    if not isinstance(state_dict, dict) or not all(
+            isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise CheckpointLoadError(
+            f'checkpoint {filename!r} holds no state_dict of tensors')
+    # Checkpoints written from a DDP-wrapped model prefix every key.
+    if state_dict and all(k.startswith('module.') for k in state_dict):
+        state_dict = {k[len('module.'):]: v for k, v in state_dict.items()}
+    return dict(state_dict)

@@ -1,0 +1,42 @@
+"""Config helpers shared by the tools."""
+from typing import Any, Optional
+
+from mmengine.config import Config
+
+DATALOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+
+
+def _replace_value(node: Any, old: str, new: str) -> int:
+    count = 0
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ('data_root', 'data_prefix') and value == old:
+                node[key] = new
+                count += 1
+            else:
+                count += _replace_value(value, old, new)
+    elif isinstance(node, list):
+        for value in node:
+            count += _replace_value(value, old, new)
+    return count
+
+
+def merge_cfg_options(cfg: Config, cfg_options: Optional[dict]) -> Config:
+    """``cfg.merge_from_dict`` that also carries a new top-level ``data_root``
+    into the datasets.
+
+    Python configs resolve ``data_root`` when the file is read, so changing
+    the top-level key alone would not move the datasets. Every dataset field
+    (``data_root``/``data_prefix``) that held the old value gets the new one.
+    """
+    if not cfg_options:
+        return cfg
+    old_root = cfg.get('data_root')
+    cfg.merge_from_dict(cfg_options)
+    new_root = cfg.get('data_root')
+    if isinstance(old_root, str) and isinstance(new_root, str) \
+            and new_root != old_root:
+        for name in DATALOADERS:
+            if cfg.get(name) is not None:
+                _replace_value(cfg[name], old_root, new_root)
+    return cfg

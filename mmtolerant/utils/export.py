@@ -1,0 +1,131 @@
+"""Export a trained classifier as a plain mmpretrain model.
+
+The export is a weights-only checkpoint (tensors and plain Python values, so
+stock mmpretrain loads it under torch's ``weights_only=True``) and a config
+that stock mmpretrain builds without mmtolerant installed::
+
+    from mmpretrain.apis import init_model
+    model = init_model('exported_model.py', 'exported_model.pth')
+"""
+import copy
+import os
+import os.path as osp
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from mmengine.config import Config, ConfigDict
+
+EXPORT_CKPT = 'exported_model.pth'
+EXPORT_CFG = 'exported_model.py'
+
+
+def _is_plugin_type(type_name: Any) -> bool:
+    from mmpretrain.registry import MODELS
+    cls = MODELS.get(type_name) if isinstance(type_name, str) else type_name
+    return cls is not None and getattr(cls, '__module__',
+                                       '').startswith('mmtolerant')
+
+
+def _stock_losses(cfg: Any) -> Any:
+    """Replace the plugin's training losses by stock cross-entropy.
+
+    The loss does not take part in inference, and stock mmpretrain cannot
+    build ``TSDLoss``/``ConfidencePenaltyLoss``.
+    """
+    if isinstance(cfg, dict):
+        out = type(cfg)()
+        for key, value in cfg.items():
+            if key == 'loss' and isinstance(value, dict) \
+                    and _is_plugin_type(value.get('type')):
+                value = dict(type='CrossEntropyLoss', loss_weight=1.0)
+            out[key] = _stock_losses(value)
+        return out
+    if isinstance(cfg, (list, tuple)):
+        return type(cfg)(_stock_losses(v) for v in cfg)
+    return cfg
+
+
+def plain_model_cfg(cfg: Config) -> ConfigDict:
+    """The stock ``ImageClassifier`` model config of a run's config."""
+    from mmtolerant.models.classifiers import plain_classifier_cfg
+    model = plain_classifier_cfg(cfg.model)
+    if 'data_preprocessor' not in model and cfg.get('data_preprocessor'):
+        model['data_preprocessor'] = copy.deepcopy(cfg.data_preprocessor)
+    model = _stock_losses(model)
+    leftover = [
+        str(v.get('type')) for v in _walk_dicts(model)
+        if _is_plugin_type(v.get('type'))
+    ]
+    if leftover:
+        raise ValueError('cannot export a plain mmpretrain model: it uses '
+                         f'plugin modules {leftover}')
+    return model
+
+
+def _walk_dicts(cfg):
+    if isinstance(cfg, dict):
+        yield cfg
+        for v in cfg.values():
+            yield from _walk_dicts(v)
+    elif isinstance(cfg, (list, tuple)):
+        for v in cfg:
+            yield from _walk_dicts(v)
+
+
+def _plain_meta(dataset_meta: Optional[dict]) -> Dict[str, Any]:
+    meta: Dict[str, Any] = {}
+    if dataset_meta and dataset_meta.get('classes') is not None:
+        meta['classes'] = [str(c) for c in dataset_meta['classes']]
+    return meta
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    """Write ``obj`` so that a kill never leaves a truncated file at
+    ``path``: write a sibling temporary file, flush it, then rename."""
+    tmp = f'{path}.tmp-{os.getpid()}'
+    with open(tmp, 'wb') as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(text: str, path: str) -> None:
+    tmp = f'{path}.tmp-{os.getpid()}'
+    with open(tmp, 'w', encoding='utf-8') as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def export_plain_model(cfg: Config,
+                       model: nn.Module,
+                       out_dir: str,
+                       dataset_meta: Optional[dict] = None,
+                       extra_meta: Optional[dict] = None) -> Tuple[str, str]:
+    """Write ``exported_model.pth`` and ``exported_model.py`` to ``out_dir``.
+
+    ``model`` may be a ``DistillImageClassifier`` (its state dict is the
+    student's alone) or any ``ImageClassifier``. Returns both paths.
+    """
+    from mmengine.model import is_model_wrapper
+    if is_model_wrapper(model):
+        model = model.module
+    os.makedirs(out_dir, exist_ok=True)
+    state_dict = {
+        k: v.detach().cpu().clone()
+        for k, v in model.state_dict().items()
+    }
+    meta = dict(
+        dataset_meta=_plain_meta(dataset_meta),
+        exported_by='mmtolerant',
+        **(extra_meta or {}))
+    ckpt_path = osp.join(out_dir, EXPORT_CKPT)
+    cfg_path = osp.join(out_dir, EXPORT_CFG)
+    atomic_torch_save(dict(meta=meta, state_dict=state_dict), ckpt_path)
+    plain = Config(
+        dict(model=plain_model_cfg(cfg), default_scope='mmpretrain'))
+    atomic_write_text(plain.pretty_text, cfg_path)
+    return ckpt_path, cfg_path

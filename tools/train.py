@@ -1,0 +1,126 @@
+"""Train a classifier (or a chain of generations) from an mmpretrain config.
+
+Same arguments as mmpretrain's ``tools/train.py``. ``import mmtolerant``
+registers the plugin and applies its stack fixes (weights-only checkpoint
+loading under torch >= 2.6, distributed training without CUDA).
+"""
+import argparse
+import os
+import os.path as osp
+
+import torch
+from mmengine.config import Config, DictAction
+from mmengine.runner import Runner
+
+import mmtolerant  # noqa: F401  (registers modules, applies fixes)
+from mmtolerant.utils.config import merge_cfg_options
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description='Train a classifier')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='the dir to save logs and models')
+    parser.add_argument(
+        '--resume',
+        nargs='?',
+        type=str,
+        const='auto',
+        help='resume from the given checkpoint, or from the latest checkpoint '
+        'of the work_dir when no path is given')
+    parser.add_argument(
+        '--amp', action='store_true',
+        help='enable automatic mixed precision training')
+    parser.add_argument(
+        '--no-validate', action='store_true',
+        help='do not evaluate checkpoints during training')
+    parser.add_argument(
+        '--auto-scale-lr', action='store_true',
+        help='scale the learning rate with the total batch size')
+    parser.add_argument(
+        '--no-pin-memory', action='store_true',
+        help='do not pin memory in the dataloaders')
+    parser.add_argument(
+        '--no-persistent-workers', action='store_true',
+        help='do not keep dataloader workers alive between epochs')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override settings of the config, e.g. '
+        'model.lam=0.3 data_root=/data/fashion_mnist')
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher')
+    # torch.distributed.launch passes --local-rank (torch>=2.0)
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args()
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def merge_args(cfg, args):
+    cfg.launcher = args.launcher
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs',
+                                osp.splitext(osp.basename(args.config))[0])
+
+    if args.amp:
+        if not torch.cuda.is_available():
+            raise SystemExit('--amp needs a CUDA device; this machine has '
+                             'none (drop --amp to train in float32)')
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+
+    if args.no_validate:
+        cfg.val_cfg = None
+        cfg.val_dataloader = None
+        cfg.val_evaluator = None
+
+    if args.auto_scale_lr:
+        cfg.setdefault('auto_scale_lr', {})
+        cfg.auto_scale_lr.enable = True
+
+    for name in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        loader = cfg.get(name)
+        if loader is None:
+            continue
+        if args.no_pin_memory:
+            loader.pin_memory = False
+        if args.no_persistent_workers:
+            loader.persistent_workers = False
+        if loader.get('num_workers', 0) == 0:
+            # DataLoader refuses persistent workers without workers.
+            loader.persistent_workers = False
+
+    if args.resume == 'auto':
+        cfg.resume = True
+        cfg.load_from = None
+    elif args.resume is not None:
+        cfg.resume = True
+        cfg.load_from = args.resume
+    return cfg
+
+
+def main():
+    args = parse_args()
+    cfg = Config.fromfile(args.config)
+    cfg = merge_cfg_options(cfg, args.cfg_options)
+    cfg = merge_args(cfg, args)
+
+    if 'runner_type' in cfg:
+        from mmengine.registry import RUNNERS
+        runner = RUNNERS.build(cfg)
+    else:
+        runner = Runner.from_cfg(cfg)
+    runner.logger.info(
+        f'[mmtolerant] torch threads per process: {torch.get_num_threads()}')
+    runner.train()
+
+
+if __name__ == '__main__':
+    main()
