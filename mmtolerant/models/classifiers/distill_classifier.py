@@ -75,7 +75,12 @@ def build_frozen_teacher(config, checkpoint: str,
     """
     model_cfg = _model_cfg_of(config)
     if cfg_options:
-        model_cfg.merge_from_dict(cfg_options)
+        # Keys are relative to the model, e.g. {'head.num_classes': 100}.
+        holder = Config(dict(model=model_cfg))
+        holder.merge_from_dict(
+            {f'model.{k}': v
+             for k, v in dict(cfg_options).items()})
+        model_cfg = holder.model
     model_cfg = plain_classifier_cfg(model_cfg)
     # Weights come from the checkpoint: skip pretrained downloads.
     model_cfg.pop('init_cfg', None)
@@ -87,7 +92,13 @@ def build_frozen_teacher(config, checkpoint: str,
                                   'teacher without trained weights teaches '
                                   'nothing')
     state_dict = extract_state_dict(safe_torch_load(checkpoint), checkpoint)
-    incompatible = teacher.load_state_dict(state_dict, strict=False)
+    try:
+        incompatible = teacher.load_state_dict(state_dict, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        details = '; '.join(str(e).splitlines()[1:4])
+        raise CheckpointLoadError(
+            f'teacher checkpoint {checkpoint!r} does not match the teacher '
+            f'config: {details}') from None
     if incompatible.missing_keys or incompatible.unexpected_keys:
         raise CheckpointLoadError(
             f'teacher checkpoint {checkpoint!r} does not match the teacher '

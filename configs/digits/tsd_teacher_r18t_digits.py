@@ -1,0 +1,5 @@
+# Tolerant (TSD) teacher on digits: eta * CE + (1 - eta) * TSD with K=3.
+_base_ = ['./strict_teacher_r18t_digits.py']
+
+model = dict(
+    head=dict(loss=dict(_delete_=True, type='TSDLoss', eta=0.5, k=3)))

@@ -1,0 +1,236 @@
+"""The frozen-teacher classifier, trained with MMEngine's real Runner."""
+import os.path as osp
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from mmengine.dataset import pseudo_collate
+from mmengine.optim import OptimWrapper
+from mmpretrain.registry import DATASETS, MODELS
+
+from conftest import digits_cfg, run_tool, train
+from mmtolerant.utils import (CheckpointLoadError, extract_state_dict,
+                              safe_torch_load)
+
+
+def student_cfg(teacher_dir, work_dir, **options):
+    options.setdefault('model.teacher.checkpoint',
+                       str(teacher_dir / 'exported_model.pth'))
+    options.setdefault('model.teacher.config',
+                       str(teacher_dir / 'exported_model.py'))
+    return digits_cfg('student_r18t_digits.py', work_dir, **options)
+
+
+def digits_batch(n=16, split='train'):
+    dataset = DATASETS.build(
+        dict(
+            type='SklearnDigits',
+            split=split,
+            pipeline=[dict(type='PackInputs')]))
+    return pseudo_collate([dataset[i] for i in range(n)])
+
+
+@pytest.fixture(scope='module')
+def student_run(digits_teacher, tmp_path_factory):
+    torch.manual_seed(0)
+    work_dir = tmp_path_factory.mktemp('digits_student')
+    # The teacher comes from a full Runner checkpoint here (message hub,
+    # optimizer state...), read with weights_only=True.
+    cfg = student_cfg(
+        digits_teacher,
+        work_dir,
+        **{
+            'model.teacher.checkpoint': str(digits_teacher / 'epoch_2.pth'),
+            'model.lam': 0.3
+        })
+    return train(cfg)
+
+
+def test_teacher_stays_bit_identical_frozen_and_out_of_the_optimizer(
+        student_run, digits_teacher):
+    model = student_run.model
+    teacher = model.teacher
+    saved = extract_state_dict(
+        safe_torch_load(str(digits_teacher / 'epoch_2.pth')))
+    current = teacher.state_dict()
+    assert current.keys() == saved.keys()
+    for name, value in current.items():  # parameters and BN buffers
+        assert torch.equal(value, saved[name]), name
+
+    assert not teacher.training
+    assert all(not p.requires_grad and p.grad is None
+               for p in teacher.parameters())
+    optimized = {
+        id(p)
+        for group in student_run.optim_wrapper.optimizer.param_groups
+        for p in group['params']
+    }
+    assert not optimized & {id(p) for p in teacher.parameters()}
+    assert not optimized & {id(b) for b in teacher.buffers()}
+    # The student did train, and the model's own state is the student's.
+    assert student_run.iter == 2 * 22
+    assert not any(k.startswith('teacher') for k in model.state_dict())
+    assert {id(p) for p in model.parameters()} == optimized
+
+
+def test_checkpoints_of_a_distillation_run_hold_only_the_student(
+        student_run):
+    ckpt = safe_torch_load(osp.join(student_run.work_dir, 'epoch_2.pth'))
+    stock = MODELS.build(
+        dict(
+            type='ImageClassifier',
+            backbone=dict(
+                type='ResNet_CIFAR', depth=18, in_channels=1,
+                stem_channels=8, base_channels=8),
+            neck=dict(type='GlobalAveragePooling'),
+            head=dict(type='LinearClsHead', num_classes=10, in_channels=64)))
+    assert set(ckpt['state_dict']) == set(stock.state_dict())
+
+
+def test_teacher_sees_exactly_the_students_preprocessed_batch_with_mixup(
+        digits_teacher, tmp_path):
+    cfg = student_cfg(
+        digits_teacher, tmp_path,
+        **{'model.train_cfg': dict(augments=dict(type='Mixup', alpha=1.0))})
+    cfg.model.data_preprocessor = cfg.data_preprocessor
+    model = MODELS.build(cfg.model)
+    seen = {}
+    model.backbone.register_forward_pre_hook(
+        lambda m, args: seen.__setitem__('student', args[0].clone()))
+    model.teacher.backbone.register_forward_pre_hook(
+        lambda m, args: seen.__setitem__('teacher', args[0].clone()))
+    batch = digits_batch()
+    optim = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.01))
+    torch.manual_seed(1)
+    log_vars = model.train_step(batch, optim)
+
+    assert torch.equal(seen['student'], seen['teacher'])
+    raw = torch.stack(batch['inputs']).float()
+    normalised = (raw - 78.1) / 96.0
+    # Mixup mixed the normalised images: neither raw nor merely normalised.
+    assert not torch.allclose(seen['teacher'], normalised)
+    assert seen['teacher'].dtype == torch.float32
+    assert {'loss', 'loss_cls', 'loss_kd'} <= set(log_vars)
+
+
+def _log_softmax(x):
+    x = x - x.max(axis=1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+
+
+def test_loss_terms_equal_an_independent_computation(digits_teacher,
+                                                     tmp_path):
+    lam, tau = 0.3, 2.0
+    cfg = student_cfg(
+        digits_teacher, tmp_path, **{
+            'model.lam': lam,
+            'model.distill_loss.tau': tau
+        })
+    cfg.model.data_preprocessor = cfg.data_preprocessor
+    model = MODELS.build(cfg.model).eval()
+    data = model.data_preprocessor(digits_batch(), training=False)
+    losses = model.loss(data['inputs'], data['data_samples'])
+    assert set(losses) == {'loss_cls', 'loss_kd'}
+
+    with torch.no_grad():
+        s = model.head(model.extract_feat(data['inputs'])).double().numpy()
+        t = model.teacher.head(model.teacher.extract_feat(
+            data['inputs'])).double().numpy()
+    y = np.array([int(d.gt_label) for d in data['data_samples']])
+    ce = -_log_softmax(s)[np.arange(len(y)), y].mean()
+    log_pt, log_ps = _log_softmax(t / tau), _log_softmax(s / tau)
+    kl = tau**2 * (np.exp(log_pt) * (log_pt - log_ps)).sum(axis=1).mean()
+    assert losses['loss_cls'].item() == pytest.approx(lam * ce, rel=1e-5)
+    assert losses['loss_kd'].item() == pytest.approx((1 - lam) * kl,
+                                                     rel=1e-4)
+    # The teacher never enters the graph.
+    (losses['loss_cls'] + losses['loss_kd']).backward()
+    assert all(p.grad is None for p in model.teacher.parameters())
+
+
+def test_validation_reports_the_student_and_the_teachers_accuracy(
+        student_run, digits_teacher):
+    metrics = student_run.val_loop.run()
+    from mmpretrain.apis import init_model
+    teacher = init_model(
+        str(digits_teacher / 'exported_model.py'),
+        str(digits_teacher / 'exported_model.pth')).eval()
+    correct = total = 0
+    for batch in student_run.val_dataloader:
+        data = teacher.data_preprocessor(batch, training=False)
+        with torch.no_grad():
+            pred = teacher(data['inputs'], mode='tensor').argmax(1)
+        gt = torch.cat([d.gt_label for d in data['data_samples']])
+        correct += int((pred == gt).sum())
+        total += len(gt)
+    assert metrics['teacher_accuracy/top1'] == pytest.approx(
+        100.0 * correct / total)
+    assert 'accuracy/top1' in metrics
+
+
+def test_exported_student_loads_into_stock_mmpretrain_without_mmtolerant(
+        student_run, tmp_path, python):
+    work_dir = student_run.work_dir
+    inputs = torch.randn(4, 1, 8, 8)
+    torch.save(inputs, tmp_path / 'inputs.pth')
+    script = textwrap.dedent(f"""
+        import sys
+        import torch
+        from mmpretrain.apis import init_model
+        model = init_model({osp.join(work_dir, 'exported_model.py')!r},
+                           {osp.join(work_dir, 'exported_model.pth')!r},
+                           device='cpu').eval()
+        assert type(model).__name__ == 'ImageClassifier', type(model)
+        assert 'mmtolerant' not in sys.modules, 'mmtolerant was imported'
+        x = torch.load({str(tmp_path / 'inputs.pth')!r}, weights_only=True)
+        with torch.no_grad():
+            torch.save(model(x, mode='tensor'),
+                       {str(tmp_path / 'out.pth')!r})
+        print('classes', model._dataset_meta['classes'])
+    """)
+    # Run from tmp_path so the repo's package is not importable by path.
+    proc = run_tool([python, '-c', script], cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "classes ['0', '1'" in proc.stdout
+    stock_out = torch.load(tmp_path / 'out.pth', weights_only=True)
+    model = student_run.model.eval()
+    with torch.no_grad():
+        ours = model(inputs, mode='tensor')
+    assert torch.equal(stock_out, ours)
+
+
+# --- bad configurations fail at build time, naming what is wrong ----------
+
+
+@pytest.mark.parametrize('options, error, match', [
+    ({'model.head.num_classes': 5}, ValueError, 'predicts 10 classes'),
+    ({'model.teacher.checkpoint': '/nonexistent/teacher.pth'},
+     CheckpointLoadError, '/nonexistent/teacher.pth'),
+    ({'model.lam': 1.5}, ValueError, '1.5'),
+    ({'model.lam': -0.1}, ValueError, '-0.1'),
+    ({'model.distill_loss.loss_weight': 0.9}, ValueError, 'lam'),
+    ({'model.distill_loss.tau': 0}, ValueError, 'tau'),
+    ({'model.teacher.config': '/nonexistent/teacher_cfg.py'},
+     FileNotFoundError, 'teacher_cfg.py'),
+    ({'model.teacher.cfg_options': {'data_preprocessor.mean': [0.0]}},
+     ValueError, 'normalise inputs differently'),
+    ({'model.teacher.cfg_options': {'backbone.base_channels': 16}},
+     CheckpointLoadError, 'does not match the teacher config'),
+])
+def test_bad_teacher_settings_fail_at_build_time(digits_teacher, tmp_path,
+                                                options, error, match):
+    cfg = student_cfg(digits_teacher, tmp_path, **options)
+    cfg.model.data_preprocessor = cfg.data_preprocessor
+    with pytest.raises(error, match=match):
+        MODELS.build(cfg.model)
+
+
+def test_unreadable_teacher_checkpoint_is_a_clear_error(digits_teacher,
+                                                       tmp_path):
+    bad = tmp_path / 'truncated.pth'
+    bad.write_bytes((digits_teacher / 'exported_model.pth').read_bytes()[:500])
+    cfg = student_cfg(digits_teacher, tmp_path,
+                      **{'model.teacher.checkpoint': str(bad)})
+    with pytest.raises(CheckpointLoadError, match='truncated.pth'):
+        MODELS.build(cfg.model)
