@@ -1,0 +1,176 @@
+"""Checkpoints: weights-only loading under torch >= 2.6, refusal of files
+crafted to run code, and resuming a killed run."""
+import os
+import os.path as osp
+import re
+import textwrap
+
+import pytest
+import torch
+from mmengine.logging import HistoryBuffer
+from mmengine.runner import load_checkpoint
+from mmengine.utils import digit_version
+from mmpretrain.registry import MODELS
+
+from conftest import REPO, digits_cfg, run_tool
+from mmtolerant.utils import CheckpointLoadError, safe_torch_load
+
+
+class RunsCode:
+    """Pickles as a call of ``os.system``: loading it with plain pickle
+    would run a shell command that creates ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f'touch {self.marker}', ))
+
+
+class ReachesPrivateAttr:
+    """Pickles as ``getattr(HistoryBuffer, '__init__')``: a getattr the
+    allow-list must not grant (only public HistoryBuffer methods)."""
+
+    def __reduce__(self):
+        return (getattr, (HistoryBuffer, '__init__'))
+
+
+@pytest.fixture
+def crafted(tmp_path):
+    marker = tmp_path / 'code_ran'
+    path = tmp_path / 'crafted.pth'
+    torch.save(
+        {
+            'state_dict': {
+                'w': torch.zeros(1)
+            },
+            'meta': RunsCode(marker)
+        }, path)
+    return path, marker
+
+
+def test_torch_is_recent_enough_for_these_checks_to_mean_something():
+    assert digit_version(torch.__version__) >= digit_version('2.6.0')
+
+
+def test_crafted_checkpoint_is_refused_and_nothing_runs(crafted):
+    path, marker = crafted
+    with pytest.raises(CheckpointLoadError, match='crafted.pth'):
+        safe_torch_load(str(path))
+    # MMEngine's own loader (load_from, resume) goes through ours.
+    model = torch.nn.Linear(1, 1)
+    with pytest.raises(CheckpointLoadError, match='refused'):
+        load_checkpoint(model, str(path))
+    assert not marker.exists()
+
+
+def test_getattr_stand_in_grants_only_public_history_buffer_methods(
+        tmp_path):
+    path = tmp_path / 'private.pth'
+    torch.save({'x': ReachesPrivateAttr()}, path)
+    with pytest.raises(CheckpointLoadError, match='__init__'):
+        safe_torch_load(str(path))
+
+
+def test_crafted_teacher_checkpoint_is_refused_at_build(
+        crafted, digits_teacher, tmp_path):
+    path, marker = crafted
+    cfg = digits_cfg(
+        'student_r18t_digits.py', tmp_path, **{
+            'model.teacher.checkpoint': str(path),
+            'model.teacher.config': str(digits_teacher / 'exported_model.py')
+        })
+    with pytest.raises(CheckpointLoadError, match='refused'):
+        MODELS.build(cfg.model)
+    assert not marker.exists()
+
+
+def test_crafted_checkpoint_is_refused_by_the_test_tool(
+        crafted, digits_teacher, python):
+    path, marker = crafted
+    proc = run_tool([
+        python, 'tools/test.py', 'configs/digits/strict_teacher_r18t_digits.py',
+        str(path), '--work-dir', str(path.parent / 'test_wd')
+    ])
+    assert proc.returncode != 0
+    assert 'refused to load checkpoint' in proc.stderr
+    assert not marker.exists()
+
+
+def test_stock_mmengine_cannot_read_its_own_checkpoint_but_we_can(
+        digits_teacher, python, tmp_path):
+    """The incompatibility is real (so the fix is needed), and the fix keeps
+    weights_only on."""
+    ckpt = str(digits_teacher / 'epoch_2.pth')
+    script = textwrap.dedent(f"""
+        from mmengine.runner.checkpoint import _load_checkpoint
+        try:
+            _load_checkpoint({ckpt!r}, map_location='cpu')
+        except Exception as e:
+            print('FAILED', type(e).__name__)
+        else:
+            print('LOADED')
+    """)
+    proc = run_tool([python, '-c', script], cwd=str(tmp_path))
+    assert 'FAILED UnpicklingError' in proc.stdout, proc.stdout + proc.stderr
+    loaded = safe_torch_load(ckpt)
+    assert isinstance(loaded['message_hub']['log_scalars']['train/loss'],
+                      HistoryBuffer)
+
+
+KILLER = textwrap.dedent("""
+    import os
+    import signal
+
+    from mmengine.hooks import Hook
+    from mmpretrain.registry import HOOKS
+
+
+    @HOOKS.register_module()
+    class KillAfterEpochHook(Hook):
+        # After CheckpointHook (VERY_LOW): the epoch's checkpoint is written.
+        priority = 'LOWEST'
+
+        def __init__(self, epoch):
+            self.epoch = epoch
+
+        def after_train_epoch(self, runner):
+            if runner.epoch + 1 == self.epoch:
+                os.kill(os.getpid(), signal.SIGKILL)
+""")
+
+
+def test_run_killed_after_an_epoch_resumes_from_its_last_checkpoint(
+        digits_teacher, tmp_path, python):
+    (tmp_path / 'killer_hook.py').write_text(KILLER)
+    student = osp.join(REPO, 'configs', 'digits', 'student_r18t_digits.py')
+    killing = tmp_path / 'killing_student.py'
+    killing.write_text(
+        f'_base_ = [{student!r}]\n'
+        "custom_imports = dict(imports=['mmtolerant', 'killer_hook'])\n"
+        "custom_hooks = [dict(type='KillAfterEpochHook', epoch=1)]\n")
+    work_dir = tmp_path / 'run'
+    options = [
+        '--work-dir',
+        str(work_dir), '--cfg-options', 'train_cfg.max_epochs=3',
+        f'model.teacher.checkpoint={digits_teacher / "exported_model.pth"}',
+        f'model.teacher.config={digits_teacher / "exported_model.py"}'
+    ]
+    env = {'PYTHONPATH': f'{tmp_path}{os.pathsep}{REPO}'}
+    killed = run_tool([python, 'tools/train.py', str(killing)] + options,
+                      env=env)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert (work_dir / 'epoch_1.pth').exists()
+    assert not (work_dir / 'epoch_2.pth').exists()
+
+    resumed = run_tool(
+        [python, 'tools/train.py', student, '--resume'] + options, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log = resumed.stdout + resumed.stderr
+    assert 'resumed epoch: 1' in log
+    trained_epochs = set(re.findall(r'Epoch\(train\)\s+\[(\d+)\]', log))
+    assert trained_epochs == {'2', '3'}
+    final = safe_torch_load(str(work_dir / 'epoch_3.pth'))
+    assert final['meta']['epoch'] == 3
+    with open(work_dir / 'last_checkpoint') as f:
+        assert osp.basename(f.read().strip()) == 'epoch_3.pth'
