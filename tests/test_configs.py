@@ -1,0 +1,194 @@
+"""The shipped configs: they load, inherit mmpretrain's, build, accept
+--cfg-options, and train on data in their real formats."""
+import glob
+import os.path as osp
+import pickle
+import re
+
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config
+from mmpretrain.registry import DATASETS, MODELS
+
+from conftest import REPO, digits_cfg, train
+from mmtolerant.utils.config import merge_cfg_options
+
+CONFIGS = sorted(
+    p for p in glob.glob(osp.join(REPO, 'configs', '**', '*.py'),
+                         recursive=True) if '_base_' not in p)
+FMNIST = osp.join(REPO, '..', 'shared', 'data', 'fashion_mnist')
+INPUT_SHAPES = {'digits': (1, 8, 8), 'fashion_mnist': (1, 28, 28),
+                'cifar100': (3, 32, 32)}
+
+
+def _dataset_of(path):
+    return osp.basename(osp.dirname(path))
+
+
+def _inherits_mmpretrain(path):
+    """Whether the ``_base_`` chain of ``path`` reaches ``mmpretrain::``."""
+    with open(path) as f:
+        text = f.read()
+    for base in re.findall(r"['\"]([^'\"]+\.py)['\"]", text):
+        if base.startswith('mmpretrain::'):
+            return True
+        local = osp.join(osp.dirname(path), base)
+        if osp.isfile(local) and _inherits_mmpretrain(local):
+            return True
+    return False
+
+
+def _random_teacher(cfg, tmp_path):
+    """A checkpoint for the teacher config a student config names."""
+    teacher_cfg = Config.fromfile(osp.join(REPO, cfg.model.teacher.config))
+    teacher = MODELS.build(teacher_cfg.model)
+    path = tmp_path / 'teacher.pth'
+    torch.save({'state_dict': teacher.state_dict()}, path)
+    return str(path)
+
+
+def test_there_are_strict_tsd_and_student_configs_per_dataset():
+    names = {(_dataset_of(p), osp.basename(p).split('_')[0]) for p in CONFIGS}
+    for dataset in ('fashion_mnist', 'cifar100', 'digits'):
+        for kind in ('strict', 'tsd', 'student'):
+            assert (dataset, kind) in names
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=osp.basename)
+def test_config_inherits_mmpretrain_and_builds_a_working_model(
+        path, tmp_path):
+    assert _inherits_mmpretrain(path)
+    cfg = Config.fromfile(path)
+    assert cfg.default_scope == 'mmpretrain'
+    assert 'mmtolerant' in cfg.custom_imports.imports
+    model_cfg = cfg.model
+    if model_cfg.type == 'DistillImageClassifier':
+        model_cfg.teacher.checkpoint = _random_teacher(cfg, tmp_path)
+    model_cfg.setdefault('data_preprocessor', cfg.data_preprocessor)
+    model = MODELS.build(model_cfg)
+    shape = INPUT_SHAPES[_dataset_of(path)]
+    num_classes = cfg.data_preprocessor.num_classes
+    with torch.no_grad():
+        out = model.eval()(torch.randn(2, *shape), mode='tensor')
+    assert out.shape == (2, num_classes)
+
+
+@pytest.mark.parametrize('path', [
+    p for p in CONFIGS if _dataset_of(p) in ('fashion_mnist', 'cifar100')
+], ids=osp.basename)
+def test_data_root_option_moves_every_dataset(path):
+    cfg = merge_cfg_options(
+        Config.fromfile(path), {'data_root': '/elsewhere/data'})
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        assert cfg[loader].dataset.data_root == '/elsewhere/data'
+
+
+@pytest.mark.skipif(not osp.isdir(FMNIST), reason='needs ../shared/data')
+def test_fashion_mnist_val_set_is_the_10k_test_images_not_the_training_set():
+    cfg = merge_cfg_options(
+        Config.fromfile(
+            osp.join(REPO, 'configs/fashion_mnist/strict_teacher_r18n_fmnist.py')),
+        {'data_root': FMNIST})
+    val = DATASETS.build(cfg.val_dataloader.dataset)
+    train_set = DATASETS.build(cfg.train_dataloader.dataset)
+    assert len(val) == 10000 and len(train_set) == 60000
+    assert val.metainfo['classes'][0] == 'T-shirt/top'
+
+
+@pytest.mark.parametrize('backbone, neck, head', [
+    (dict(type='VisionTransformer',
+          arch=dict(embed_dims=32, num_layers=2, num_heads=2,
+                    feedforward_channels=64),
+          img_size=8, patch_size=2, in_channels=1), None,
+     dict(type='VisionTransformerClsHead', num_classes=10, in_channels=32)),
+    (dict(type='ResNet', depth=18, in_channels=1, stem_channels=8,
+          base_channels=8, strides=(1, 1, 2, 2)),
+     dict(type='GlobalAveragePooling'),
+     dict(type='LinearClsHead', num_classes=10, in_channels=64)),
+], ids=['tiny_vit', 'imagenet_resnet'])
+def test_student_with_another_mmpretrain_backbone_trains_from_an_inherited_config(
+        digits_teacher, tmp_path, backbone, neck, head):
+    base = osp.join(REPO, 'configs', 'digits', 'student_r18t_digits.py')
+    path = tmp_path / 'swapped_student.py'
+    path.write_text(
+        f'_base_ = [{base!r}]\n'
+        f'model = dict(backbone=dict(_delete_=True, **{backbone!r}),\n'
+        f'             neck={neck!r},\n'
+        f'             head=dict(_delete_=True, **{head!r}))\n')
+    cfg = Config.fromfile(str(path))
+    cfg.work_dir = str(tmp_path / 'wd')
+    cfg.experiment_name = f'swap_{backbone["type"]}'
+    cfg.train_cfg.max_epochs = 1
+    cfg.model.teacher.checkpoint = str(digits_teacher / 'exported_model.pth')
+    cfg.model.teacher.config = str(digits_teacher / 'exported_model.py')
+    runner = train(cfg)
+    assert type(runner.model.backbone).__name__ == backbone['type']
+    assert type(runner.model.teacher.backbone).__name__ == 'ResNet_CIFAR'
+    assert runner.iter == 22
+    assert np.isfinite(runner.message_hub.get_scalar('train/loss_kd').current())
+
+
+def _write_fake_cifar100(root, n_train=64, n_test=32, seed=0):
+    """A tiny set in CIFAR-100's python pickle format."""
+    rng = np.random.RandomState(seed)
+    folder = osp.join(root, 'cifar-100-python')
+    import os
+    os.makedirs(folder, exist_ok=True)
+    for name, n in (('train', n_train), ('test', n_test)):
+        labels = rng.randint(0, 100, size=n).tolist()
+        entry = {
+            'data': rng.randint(0, 256, size=(n, 3072), dtype=np.uint8),
+            'fine_labels': labels,
+            'coarse_labels': [label // 5 for label in labels],
+        }
+        with open(osp.join(folder, name), 'wb') as f:
+            pickle.dump(entry, f)
+    with open(osp.join(folder, 'meta'), 'wb') as f:
+        pickle.dump({'fine_label_names': [f'class{i}' for i in range(100)],
+                     'coarse_label_names': [f'group{i}' for i in range(20)]},
+                    f)
+
+
+def test_cifar100_configs_train_on_a_synthetic_set_in_cifar_format(
+        tmp_path, monkeypatch):
+    # The real files are checked against their md5 sums; the synthetic ones
+    # cannot match them.
+    import mmpretrain.datasets.cifar as cifar
+    monkeypatch.setattr(cifar, 'check_md5', lambda *args, **kwargs: True)
+    data_root = str(tmp_path / 'cifar100')
+    _write_fake_cifar100(data_root)
+
+    def cfg_of(name, work_dir, **options):
+        cfg = merge_cfg_options(
+            Config.fromfile(osp.join(REPO, 'configs', 'cifar100', name)),
+            {'data_root': data_root, **options})
+        cfg.work_dir = str(tmp_path / work_dir)
+        cfg.experiment_name = work_dir
+        cfg.train_cfg.max_epochs = 1
+        for loader in ('train_dataloader', 'val_dataloader'):
+            cfg[loader].num_workers = 0
+            cfg[loader].dataset.download = False
+        cfg.test_dataloader = cfg.val_dataloader
+        return cfg
+
+    strict = train(cfg_of('strict_teacher_r18_cifar100.py', 'strict'))
+    assert len(strict.train_dataloader.dataset) == 64
+    assert strict.train_dataloader.dataset.metainfo['classes'][0] == 'apple'
+    assert strict.iter == 4  # 64 images in batches of 16
+
+    tsd = train(cfg_of('tsd_teacher_r18_cifar100.py', 'tsd'))
+    assert type(tsd.model.head.loss_module).__name__ == 'TSDLoss'
+    assert tsd.model.head.loss_module.k == 5
+    assert tsd.message_hub.get_scalar('train/loss_tsd_term') is not None
+
+    student = train(
+        cfg_of(
+            'student_r18_cifar100.py', 'student', **{
+                'model.teacher.checkpoint':
+                str(tmp_path / 'tsd' / 'exported_model.pth'),
+                'model.teacher.config':
+                osp.join(REPO, 'configs/cifar100/tsd_teacher_r18_cifar100.py')
+            }))
+    metrics = student.val_loop.run()
+    assert {'accuracy/top1', 'teacher_accuracy/top1'} <= set(metrics)
