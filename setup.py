@@ -34,8 +34,9 @@ setup(
         # mmengine imports pkg_resources, which setuptools 81 removed.
         'setuptools<81',
         'mmengine>=0.10.7,<0.11',
-        # The lite build: mmpretrain's classifiers need no compiled ops.
-        'mmcv-lite>=2.0.0,<2.3.0',
+        # mmcv is not listed: mmcv-lite and a full mmcv install the same
+        # `mmcv` package, and users of OpenMMLab often have a full one. The
+        # README's install command adds mmcv-lite (enough for classifiers).
         'mmpretrain>=1.2.0,<1.3',
         'numpy',
         'scikit-learn>=1.0',
