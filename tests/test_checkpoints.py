@@ -174,3 +174,22 @@ def test_run_killed_after_an_epoch_resumes_from_its_last_checkpoint(
     assert final['meta']['epoch'] == 3
     with open(work_dir / 'last_checkpoint') as f:
         assert osp.basename(f.read().strip()) == 'epoch_3.pth'
+
+
+def test_an_interrupted_checkpoint_write_leaves_the_previous_file_intact(
+        tmp_path, monkeypatch):
+    from mmengine.fileio.backends.local_backend import LocalBackend
+    target = tmp_path / 'epoch_1.pth'
+    backend = LocalBackend()
+    backend.put(b'good checkpoint', target)
+
+    def killed(fd):
+        raise KeyboardInterrupt('killed while writing')
+
+    monkeypatch.setattr(os, 'fsync', killed)
+    with pytest.raises(KeyboardInterrupt):
+        backend.put(b'half a checkpo', target)
+    with pytest.raises(KeyboardInterrupt):
+        backend.put_text('half', tmp_path / 'last_checkpoint')
+    assert target.read_bytes() == b'good checkpoint'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['epoch_1.pth']

@@ -14,7 +14,7 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 import mmtolerant  # noqa: F401  (registers modules, applies fixes)
-from mmtolerant.utils.config import merge_cfg_options
+from mmtolerant.utils.config import merge_cfg_options, set_work_dir
 
 
 def parse_args():
@@ -49,11 +49,7 @@ def main():
     cfg = Config.fromfile(args.config)
     cfg = merge_cfg_options(cfg, args.cfg_options)
     cfg.launcher = args.launcher
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs',
-                                osp.splitext(osp.basename(args.config))[0])
+    set_work_dir(cfg, args.work_dir, args.config)
     cfg.load_from = args.checkpoint
     cfg.resume = False
     # Testing needs neither the training data nor the optimiser.

@@ -6,14 +6,13 @@ loading under torch >= 2.6, distributed training without CUDA).
 """
 import argparse
 import os
-import os.path as osp
 
 import torch
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 import mmtolerant  # noqa: F401  (registers modules, applies fixes)
-from mmtolerant.utils.config import merge_cfg_options
+from mmtolerant.utils.config import merge_cfg_options, set_work_dir
 
 
 def parse_args():
@@ -63,11 +62,7 @@ def parse_args():
 
 def merge_args(cfg, args):
     cfg.launcher = args.launcher
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs',
-                                osp.splitext(osp.basename(args.config))[0])
+    set_work_dir(cfg, args.work_dir, args.config)
 
     if args.amp:
         if not torch.cuda.is_available():

@@ -1,4 +1,5 @@
 """Config helpers shared by the tools."""
+import os.path as osp
 from typing import Any, Optional
 
 from mmengine.config import Config
@@ -40,3 +41,13 @@ def merge_cfg_options(cfg: Config, cfg_options: Optional[dict]) -> Config:
             if cfg.get(name) is not None:
                 _replace_value(cfg[name], old_root, new_root)
     return cfg
+
+
+def set_work_dir(cfg: Config, work_dir: Optional[str], config_path: str) -> None:
+    """``--work-dir``, else the config's ``work_dir``, else mmpretrain's
+    default ``./work_dirs/<config name>``."""
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs',
+                                osp.splitext(osp.basename(config_path))[0])
