@@ -9,6 +9,7 @@ import os
 
 import torch
 from mmengine.config import Config, DictAction
+from mmengine.logging import print_log
 from mmengine.runner import Runner
 
 import mmtolerant  # noqa: F401  (registers modules, applies fixes)
@@ -112,8 +113,9 @@ def main():
         runner = RUNNERS.build(cfg)
     else:
         runner = Runner.from_cfg(cfg)
-    runner.logger.info(
-        f'[mmtolerant] torch threads per process: {torch.get_num_threads()}')
+    print_log(
+        f'[mmtolerant] torch threads per process: {torch.get_num_threads()}',
+        logger='current')
     runner.train()
 
 

@@ -1,3 +1,4 @@
+from .chain_progress_hook import ChainProgressHook, EpochSeedHook
 from .export_model_hook import ExportModelHook
 
-__all__ = ['ExportModelHook']
+__all__ = ['ExportModelHook', 'ChainProgressHook', 'EpochSeedHook']

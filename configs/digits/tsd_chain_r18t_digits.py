@@ -1,0 +1,16 @@
+# The embedded default: a complete tolerant chain M0 -> M1 -> M2 -> M3 on
+# scikit-learn's bundled digits (no download), a few minutes on 2 CPU cores.
+#   python tools/train.py configs/digits/tsd_chain_r18t_digits.py
+# Report: work_dirs/tsd_chain_r18t_digits/generations.{md,json,png}
+_base_ = ['./strict_teacher_r18t_digits.py']
+
+runner_type = 'GenerationRunner'
+generations = dict(
+    num_generations=3,
+    # TSD on the patriarch only (the paper's setting); 'all' or 'none'.
+    tolerant='patriarch',
+    teacher_loss=dict(type='TSDLoss', eta=0.5, k=3),
+    lam=0.5,
+    distill_loss=dict(type='DistillKLLoss', tau=1.0),
+    hand_on='last',
+)

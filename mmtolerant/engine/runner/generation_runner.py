@@ -1,0 +1,461 @@
+import copy
+import glob
+import hashlib
+import json
+import os
+import os.path as osp
+import re
+import time
+from typing import Any, Dict, List, Optional
+
+import torch
+from mmengine.config import Config, ConfigDict
+from mmengine.dist import (barrier, broadcast_object_list, get_rank,
+                           init_dist, is_distributed, is_main_process)
+from mmengine.logging import print_log
+from mmengine.runner import Runner
+from mmengine.registry import RUNNERS as MMENGINE_RUNNERS
+from mmpretrain.registry import RUNNERS
+
+from mmtolerant.evaluation.generation_report import (PREDICTIONS,
+                                                     ensemble_scores,
+                                                     load_predictions,
+                                                     predict_scores,
+                                                     prediction_stats,
+                                                     render_markdown,
+                                                     save_predictions,
+                                                     topk_accuracy,
+                                                     write_report)
+from mmtolerant.models.classifiers import plain_classifier_cfg
+from mmtolerant.utils.checkpoint import (CheckpointLoadError,
+                                         extract_state_dict, safe_torch_load)
+from mmtolerant.utils.config import merge_cfg_options
+from mmtolerant.utils.export import (EXPORT_CFG, EXPORT_CKPT,
+                                     atomic_write_text, export_plain_model)
+from .generation_settings import GenerationSettings
+
+CHAIN_FILE = 'chain.json'
+GENERATION_FILE = 'generation.json'
+# Hooks the runner adds to every generation itself.
+_CHAIN_HOOKS = ('ExportModelHook', 'ChainProgressHook', 'EpochSeedHook')
+# Config sections that decide what a chain computes: a resume must not mix
+# generations trained under different ones.
+_FINGERPRINT_KEYS = ('model', 'generations', 'train_cfg', 'optim_wrapper',
+                     'param_scheduler', 'randomness', 'data_preprocessor')
+
+
+def _log(msg: str, level: str = 'INFO') -> None:
+    import logging
+    print_log(f'[chain] {msg}', logger='current',
+              level=getattr(logging, level))
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj if isinstance(obj, (int, float, str, bool, type(None))) \
+        else str(obj)
+
+
+def _digest(obj: Any) -> str:
+    text = json.dumps(_plain(obj), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _loss_name(loss_cfg: dict) -> str:
+    args = ', '.join(f'{k}={v}' for k, v in loss_cfg.items()
+                     if k not in ('type', 'loss_weight'))
+    return f"{loss_cfg['type']}({args})" if args else loss_cfg['type']
+
+
+def _num_classes(model_cfg: dict) -> Optional[int]:
+    for part in ('head', 'backbone', 'data_preprocessor'):
+        value = (model_cfg.get(part) or {}).get('num_classes')
+        if isinstance(value, int):
+            return value
+    return None
+
+
+@MMENGINE_RUNNERS.register_module()
+class GenerationRunner:
+    """Trains a chain of generations M^0 -> M^1 -> ... -> M^N from one config.
+
+    Select it with ``runner_type = 'GenerationRunner'`` in any mmpretrain
+    classifier config and add a ``generations`` section (see
+    :class:`GenerationSettings`). Stock ``tools/train.py`` and
+    ``tools/dist_train.sh`` build it through MMEngine's ``RUNNERS`` and call
+    :meth:`train`.
+
+    Each generation is an ordinary MMEngine ``Runner`` run in
+    ``work_dir/gen_<m>/`` (its own logs, checkpoints and config). The
+    patriarch trains the config's model on data (with ``teacher_loss`` when
+    it is tolerant); generation m >= 1 is a ``DistillImageClassifier`` whose
+    frozen teacher is generation m-1's export (``exported_model.pth/.py``).
+    A generation is finished once ``gen_<m>/generation.json`` exists; it is
+    written last, after the export and the test predictions.
+
+    ``resume=True`` (``tools/train.py CONFIG --resume``) skips finished
+    generations and resumes the running one from its newest readable
+    checkpoint. Without it, a work_dir that already holds generations is
+    refused rather than overwritten.
+
+    After each generation, ``generations.json``, ``generations.md`` and
+    ``generations.png`` in the work_dir report every generation so far.
+    """
+
+    def __init__(self, cfg: Config):
+        if not isinstance(cfg, Config):
+            cfg = Config(copy.deepcopy(dict(cfg)))
+        self.cfg = copy.deepcopy(cfg)
+        self.settings = GenerationSettings.from_cfg(cfg.get('generations'))
+        if cfg.get('work_dir') is None:
+            raise ValueError('GenerationRunner needs a work_dir')
+        self.work_dir = osp.abspath(cfg.work_dir)
+        self.launcher = cfg.get('launcher', 'none')
+        self.resume = bool(cfg.get('resume', False))
+        if cfg.get('load_from'):
+            raise ValueError(
+                'a chain resumes from its own work_dir: use --resume without '
+                f'a path (got load_from={cfg.load_from!r}); to start a '
+                "generation from weights, use generations.overrides, e.g. "
+                "{0: {'model.init_cfg': dict(type='Pretrained', "
+                "checkpoint=...)}}")
+        self.timestamp = time.strftime('%Y%m%d_%H%M%S', time.localtime())
+        self.num_generations = self.settings.num_generations
+        self.generation_cfgs = [
+            self._generation_cfg(m) for m in range(self.num_generations + 1)
+        ]
+        self._add_chain_hooks()
+        self._check_classes()
+        self.records: List[dict] = []
+
+    @classmethod
+    def from_cfg(cls, cfg: Config) -> 'GenerationRunner':
+        return cls(cfg)
+
+    @property
+    def logger(self):
+        """The logger of the generation running now (MMEngine's current)."""
+        from mmengine.logging import MMLogger
+        return MMLogger.get_current_instance()
+
+    # ------------------------------------------------------------ configs --
+    def gen_dir(self, m: int) -> str:
+        return osp.join(self.work_dir, f'gen_{m}')
+
+    def role(self, m: int) -> str:
+        cfg = self.generation_cfgs[m]
+        loss = _loss_name(cfg.model.head.loss)
+        if m == 0:
+            return f'patriarch, trained on data with {loss}'
+        return (f'student of M{m - 1} (lam={self.settings.lam:g}, '
+                f'{_loss_name(self.settings.distill_loss)}), head loss {loss}')
+
+    def _generation_cfg(self, m: int) -> Config:
+        cfg = copy.deepcopy(self.cfg)
+        for key in ('runner_type', 'generations'):
+            cfg.pop(key, None)
+        cfg.work_dir = self.gen_dir(m)
+        base_name = osp.basename(self.work_dir.rstrip('/'))
+        cfg.experiment_name = f'{base_name}_gen{m}_{self.timestamp}'
+        cfg.resume = False
+        cfg.load_from = None
+
+        model = plain_classifier_cfg(cfg.model)
+        if model.get('head') is None:
+            raise ValueError('a generation chain needs a classifier with a '
+                             'head (model.head)')
+        if self.settings.is_tolerant(m):
+            model.head.loss = ConfigDict(
+                copy.deepcopy(self.settings.teacher_loss))
+        if m >= 1:
+            previous = self.gen_dir(m - 1)
+            model.type = 'DistillImageClassifier'
+            model.teacher = dict(
+                config=osp.join(previous, EXPORT_CFG),
+                checkpoint=osp.join(previous, EXPORT_CKPT))
+            model.lam = self.settings.lam
+            model.distill_loss = copy.deepcopy(self.settings.distill_loss)
+            for key in ('val_evaluator', 'test_evaluator'):
+                evaluators = cfg.get(key)
+                if evaluators is None:
+                    continue
+                if isinstance(evaluators, dict):
+                    evaluators = [evaluators]
+                if not any(e.get('type') == 'TeacherAccuracy'
+                           for e in evaluators):
+                    topk = evaluators[0].get('topk', (1, ))
+                    evaluators = list(evaluators) + [
+                        dict(type='TeacherAccuracy', topk=topk)
+                    ]
+                cfg[key] = evaluators
+        cfg.model = model
+        merge_cfg_options(cfg, self.settings.overrides.get(m))
+        return cfg
+
+    def _add_chain_hooks(self) -> None:
+        epochs = [
+            int(c.train_cfg.get('max_epochs', 0) or 0)
+            for c in self.generation_cfgs
+        ]
+        for m, cfg in enumerate(self.generation_cfgs):
+            hooks = [
+                h for h in (cfg.get('custom_hooks') or [])
+                if h.get('type') not in _CHAIN_HOOKS
+            ]
+            hooks.append(
+                dict(
+                    type='ChainProgressHook',
+                    generation=m,
+                    num_generations=self.num_generations,
+                    role=self.role(m),
+                    later_epochs=epochs[m + 1:]))
+            hooks.append(dict(type='EpochSeedHook'))
+            cfg.custom_hooks = hooks
+
+    def _check_classes(self) -> None:
+        counts = {
+            m: _num_classes(cfg.model)
+            for m, cfg in enumerate(self.generation_cfgs)
+        }
+        known = {m: n for m, n in counts.items() if n is not None}
+        if len(set(known.values())) > 1:
+            raise ValueError(
+                'the number of classes changes between generations '
+                f'({", ".join(f"M{m}: {n}" for m, n in known.items())}); a '
+                'student must predict its teacher\'s classes')
+
+    def fingerprint(self) -> Dict[str, str]:
+        sections = {}
+        for key in _FINGERPRINT_KEYS:
+            value = copy.deepcopy(self.cfg.get(key))
+            if key == 'generations' and isinstance(value, dict) \
+                    and self.settings.tolerant != 'all':
+                # Extending a chain keeps its finished generations valid.
+                value.pop('num_generations', None)
+            sections[key] = _digest(value)
+        train_set = (self.cfg.get('train_dataloader') or {}).get('dataset', {})
+        sections['train_dataset'] = _digest(
+            {k: v for k, v in dict(train_set).items()
+             if k not in ('data_root', 'data_prefix')})
+        return sections
+
+    # ----------------------------------------------------------- the plan --
+    def is_finished(self, m: int) -> bool:
+        return osp.isfile(osp.join(self.gen_dir(m), GENERATION_FILE))
+
+    def _check_work_dir(self) -> None:
+        """Refuse what would lose or mix results (main process only)."""
+        chain_file = osp.join(self.work_dir, CHAIN_FILE)
+        existing = sorted(
+            int(d.rsplit('_', 1)[1])
+            for d in glob.glob(osp.join(self.work_dir, 'gen_*'))
+            if re.fullmatch(r'gen_\d+', osp.basename(d)))
+        if osp.isfile(chain_file):
+            with open(chain_file) as f:
+                saved = json.load(f)
+            ours = self.fingerprint()
+            differ = sorted(k for k in ours
+                            if saved.get('fingerprint', {}).get(k) != ours[k])
+            if differ:
+                raise ValueError(
+                    f'{self.work_dir} holds a chain made by another config '
+                    f'({saved.get("config")}): it differs in {differ}. Use '
+                    'another --work-dir, or the config that made it.')
+        if existing and not self.resume:
+            finished = [m for m in existing if self.is_finished(m)]
+            raise ValueError(
+                f'{self.work_dir} already holds generations {existing} '
+                f'(finished: {finished}). Pass --resume to continue the '
+                'chain, or choose another --work-dir; nothing was '
+                'overwritten.')
+        for m in range(1, self.num_generations + 1):
+            if self.is_finished(m) and not self.is_finished(m - 1):
+                raise ValueError(
+                    f'generation {m} is finished but its teacher, generation '
+                    f'{m - 1}, is not: {self.work_dir} is inconsistent')
+        os.makedirs(self.work_dir, exist_ok=True)
+        atomic_write_text(
+            json.dumps(
+                dict(
+                    config=self.cfg.filename,
+                    num_generations=self.num_generations,
+                    fingerprint=self.fingerprint()),
+                indent=2), chain_file)
+
+    def latest_checkpoint(self, m: int) -> Optional[str]:
+        """The newest checkpoint of generation m that loads, if any."""
+        candidates = []
+        for path in glob.glob(osp.join(self.gen_dir(m), '*.pth')):
+            found = re.fullmatch(r'(epoch|iter)_(\d+)\.pth',
+                                 osp.basename(path))
+            if found:
+                candidates.append((int(found.group(2)), path))
+        for _, path in sorted(candidates, reverse=True):
+            try:
+                safe_torch_load(path)
+            except CheckpointLoadError as e:
+                _log(f'skipping unreadable checkpoint: {e}', 'WARNING')
+                continue
+            return path
+        return None
+
+    def _make_plan(self) -> Dict[str, Any]:
+        self._check_work_dir()
+        finished = [
+            m for m in range(self.num_generations + 1) if self.is_finished(m)
+        ]
+        first = len(finished)
+        resume_from = None
+        if self.resume and first <= self.num_generations:
+            resume_from = self.latest_checkpoint(first)
+        return dict(finished=finished, resume_from=resume_from)
+
+    def _agree(self, value: Any) -> Any:
+        """Rank 0's value on every rank (files may lag on other nodes)."""
+        if not is_distributed():
+            return value
+        holder = [value]
+        broadcast_object_list(holder, src=0)
+        return holder[0]
+
+    # -------------------------------------------------------------- train --
+    def _init_dist(self) -> None:
+        if self.launcher != 'none' and not is_distributed():
+            env_cfg = self.cfg.get('env_cfg') or {}
+            init_dist(self.launcher, **(env_cfg.get('dist_cfg') or {}))
+
+    def train(self) -> List[dict]:
+        self._init_dist()
+        error = None
+        plan = None
+        if is_main_process():
+            try:
+                plan = self._make_plan()
+            except Exception as e:  # every rank must stop, not only rank 0
+                error = f'{type(e).__name__}: {e}'
+        plan, error = self._agree((plan, error))
+        if error is not None:
+            raise ValueError(error)
+
+        chain_start = time.time()
+        for m in range(self.num_generations + 1):
+            if m in plan['finished']:
+                with open(osp.join(self.gen_dir(m), GENERATION_FILE)) as f:
+                    self.records.append(json.load(f))
+                _log(f'generation {m}/{self.num_generations} is finished: '
+                     f'top-1 {self.records[-1]["top1"]:.2f}; not retrained')
+                continue
+            cfg = copy.deepcopy(self.generation_cfgs[m])
+            if m >= 1:
+                teacher = cfg.model.teacher.checkpoint
+                if not osp.isfile(teacher):
+                    raise FileNotFoundError(
+                        f'generation {m} needs its teacher {teacher}, which '
+                        'does not exist')
+            if m == len(plan['finished']) and plan['resume_from']:
+                cfg.resume = True
+                cfg.load_from = plan['resume_from']
+                _log(f'generation {m}: resuming from {plan["resume_from"]}')
+            started = time.time()
+            runner = Runner.from_cfg(cfg)
+            runner.train()
+            wall = time.time() - started
+            if is_main_process():
+                self._finish_generation(m, runner, cfg, wall)
+            barrier()
+            if not is_main_process():
+                with open(osp.join(self.gen_dir(m), GENERATION_FILE)) as f:
+                    self.records.append(json.load(f))
+            del runner
+        if is_main_process():
+            _log(f'chain finished in {time.time() - chain_start:.0f} s '
+                 f'(this process); report in '
+                 f'{osp.join(self.work_dir, "generations.md")}\n' +
+                 render_markdown(self.records, self.title))
+        return self.records
+
+    @property
+    def title(self) -> str:
+        name = osp.splitext(osp.basename(self.cfg.filename or 'chain'))[0]
+        return f'{name}: tolerant={self.settings.tolerant}'
+
+    # ------------------------------------------------ after a generation --
+    def _handed_on_model(self, runner, m: int):
+        from mmengine.model import is_model_wrapper
+        model = runner.model.module if is_model_wrapper(
+            runner.model) else runner.model
+        if self.settings.hand_on == 'best':
+            best = sorted(
+                glob.glob(osp.join(self.gen_dir(m), 'best_*.pth')),
+                key=osp.getmtime)
+            if not best:
+                raise FileNotFoundError(
+                    f'generations.hand_on="best" but generation {m} saved no '
+                    'best checkpoint: set default_hooks.checkpoint.save_best')
+            state = extract_state_dict(safe_torch_load(best[-1]), best[-1])
+            model.load_state_dict(state, strict=True)
+            return model, osp.basename(best[-1])
+        return model, f'last (epoch {runner.epoch})'
+
+    def _test_dataloader(self, cfg: Config):
+        from mmengine.dataset import pseudo_collate
+        from mmpretrain.registry import DATASETS
+        loader_cfg = cfg.get('test_dataloader') or cfg.get('val_dataloader')
+        if loader_cfg is None:
+            raise ValueError('the chain report needs a test_dataloader (or '
+                             'val_dataloader) in the config')
+        dataset = DATASETS.build(copy.deepcopy(loader_cfg.dataset))
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_size=loader_cfg.get('batch_size', 64),
+            shuffle=False,
+            num_workers=0,
+            collate_fn=pseudo_collate)
+
+    def _finish_generation(self, m: int, runner, cfg: Config,
+                           wall: float) -> None:
+        model, handed_on = self._handed_on_model(runner, m)
+        dataset_meta = getattr(runner.train_dataloader.dataset, 'metainfo',
+                               None)
+        export_plain_model(
+            cfg, model, self.gen_dir(m), dataset_meta=dataset_meta,
+            extra_meta=dict(generation=m, handed_on=handed_on))
+
+        scores, labels = predict_scores(model, self._test_dataloader(cfg))
+        save_predictions(osp.join(self.gen_dir(m), PREDICTIONS), scores,
+                         labels)
+        record = dict(
+            generation=m,
+            trained_with=self.role(m),
+            handed_on=handed_on,
+            epochs=runner.epoch,
+            wall_time_s=round(wall, 1),
+            **prediction_stats(scores, labels, self.settings.report_k))
+        record['report_k'] = self.settings.report_k
+        # The ensemble of the students M1..Mm (M0 alone for m = 0).
+        members = [m] if m == 0 else list(range(1, m + 1))
+        all_scores = [scores if g == m else load_predictions(
+            osp.join(self.gen_dir(g), PREDICTIONS))[0] for g in members]
+        record['ensemble_members'] = members
+        record['ensemble_top1'] = topk_accuracy(
+            ensemble_scores(all_scores), labels, 1)
+        record['teacher_top1'] = self.records[m - 1]['top1'] if m else None
+        self.records.append(record)
+
+        atomic_write_text(
+            json.dumps(record, indent=2),
+            osp.join(self.gen_dir(m), GENERATION_FILE))
+        write_report(self.work_dir, self.records, self.title)
+        _log(f'generation {m}/{self.num_generations} finished: top-1 '
+             f'{record["top1"]:.2f}, ensemble M{members[0]}..M{members[-1]} '
+             f'{record["ensemble_top1"]:.2f}, mean top-1 prob '
+             f'{record["mean_top1_prob"]:.3f} ({wall:.0f} s)')
+
+
+# Tools build runners from MMEngine's root registry before any default scope
+# is set (mmpretrain's tools/train.py does); mmpretrain-scoped lookups go to
+# mmpretrain's registry. Be found by both.
+RUNNERS.register_module(module=GenerationRunner)

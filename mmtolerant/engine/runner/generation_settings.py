@@ -1,0 +1,128 @@
+"""The ``generations`` section of a chain config, validated."""
+import copy
+import numbers
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+TOLERANT_CHOICES = ('patriarch', 'all', 'none')
+HAND_ON_CHOICES = ('last', 'best')
+
+
+def _fail(msg: str):
+    raise ValueError(f'generations: {msg}')
+
+
+@dataclass
+class GenerationSettings:
+    r"""How a chain M^0 -> M^1 -> ... -> M^N is trained.
+
+    Args:
+        num_generations (int): N, the number of students after the patriarch
+            M^0 (so N + 1 trainings). At least 1.
+        tolerant (str): Which teachers train with ``teacher_loss``:
+            ``'patriarch'`` (M^0 only, the default and the paper's setting),
+            ``'all'`` (every teacher M^0..M^(N-1)) or ``'none'`` (the strict
+            born-again baseline: cross-entropy everywhere).
+        teacher_loss (dict): The loss of tolerant teachers, put in
+            ``model.head.loss``. Defaults to ``TSDLoss(eta=0.5, k=3)``; an
+            ``LabelSmoothLoss`` or ``ConfidencePenaltyLoss`` gives the LSR
+            and CP baselines.
+        lam (float): The students' :math:`\lambda` (weight of the head's
+            loss; the distillation loss gets 1 - lam).
+        distill_loss (dict): The students' distillation loss, by default
+            ``DistillKLLoss(tau=1.0)``.
+        hand_on (str): Which checkpoint of a generation teaches the next:
+            ``'last'`` or ``'best'`` (needs ``save_best`` in the
+            CheckpointHook).
+        overrides (dict): ``{generation: {dotted.key: value}}`` applied to
+            that generation's config last, e.g.
+            ``{0: {'train_cfg.max_epochs': 40}}``.
+        report_k (int, optional): K of the "top-K secondary mass" in the
+            report; defaults to ``teacher_loss.k`` when it has one, else 3.
+    """
+    num_generations: int
+    tolerant: str = 'patriarch'
+    teacher_loss: Dict[str, Any] = field(
+        default_factory=lambda: dict(type='TSDLoss', eta=0.5, k=3))
+    lam: float = 0.5
+    distill_loss: Dict[str, Any] = field(
+        default_factory=lambda: dict(type='DistillKLLoss', tau=1.0))
+    hand_on: str = 'last'
+    overrides: Dict[int, Dict[str, Any]] = field(default_factory=dict)
+    report_k: Optional[int] = None
+
+    @classmethod
+    def from_cfg(cls, cfg: Optional[dict]) -> 'GenerationSettings':
+        if cfg is None:
+            _fail('the config has runner_type=GenerationRunner but no '
+                  '`generations` section; add e.g. '
+                  'generations=dict(num_generations=3)')
+        if not isinstance(cfg, dict):
+            _fail(f'must be a dict, got {cfg!r}')
+        cfg = copy.deepcopy(dict(cfg))
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            _fail(f'unknown keys {unknown}; known keys are {sorted(known)}')
+        if 'num_generations' not in cfg:
+            _fail('num_generations is required (the number of students '
+                  'after the patriarch, at least 1)')
+        settings = cls(**cfg)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        n = self.num_generations
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) \
+                or n < 1:
+            _fail(f'num_generations must be an integer >= 1 (students after '
+                  f'the patriarch), got {n!r}')
+        self.num_generations = int(n)
+        if self.tolerant not in TOLERANT_CHOICES:
+            _fail(f'tolerant must be one of {TOLERANT_CHOICES}, got '
+                  f'{self.tolerant!r}')
+        if self.hand_on not in HAND_ON_CHOICES:
+            _fail(f'hand_on must be one of {HAND_ON_CHOICES}, got '
+                  f'{self.hand_on!r}')
+        if not isinstance(self.teacher_loss, dict) \
+                or 'type' not in self.teacher_loss:
+            _fail('teacher_loss must be a loss config dict with a `type`, '
+                  f'got {self.teacher_loss!r}')
+        if not isinstance(self.distill_loss, dict) \
+                or 'type' not in self.distill_loss:
+            _fail('distill_loss must be a loss config dict with a `type`, '
+                  f'got {self.distill_loss!r}')
+        if isinstance(self.lam, bool) or not isinstance(
+                self.lam, numbers.Real) or not 0 <= self.lam <= 1:
+            _fail(f'lam must be a number in [0, 1], got {self.lam!r}')
+        if not isinstance(self.overrides, dict):
+            _fail(f'overrides must be a dict {{generation: {{key: value}}}}, '
+                  f'got {self.overrides!r}')
+        overrides = {}
+        for gen, options in self.overrides.items():
+            try:
+                index = int(gen)
+            except (TypeError, ValueError):
+                index = -1
+            if not 0 <= index <= self.num_generations:
+                _fail(f'overrides names generation {gen!r}, but the chain '
+                      f'has generations 0..{self.num_generations}')
+            if not isinstance(options, dict):
+                _fail(f'overrides[{gen!r}] must be a dict of dotted config '
+                      f'keys, got {options!r}')
+            overrides[index] = dict(options)
+        self.overrides = overrides
+        if self.report_k is None:
+            k = self.teacher_loss.get('k')
+            self.report_k = int(k) if isinstance(k, numbers.Integral) else 3
+        if self.report_k < 2:
+            _fail(f'report_k must be >= 2, got {self.report_k!r}')
+
+    def is_tolerant(self, generation: int) -> bool:
+        """Whether generation ``generation`` trains with ``teacher_loss``."""
+        if self.tolerant == 'patriarch':
+            return generation == 0
+        if self.tolerant == 'all':
+            # The last generation teaches nobody.
+            return generation < self.num_generations
+        return False

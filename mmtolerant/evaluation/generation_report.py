@@ -1,0 +1,177 @@
+"""Per-generation predictions, their statistics, ensembles and the report.
+
+Each finished generation stores its softmax scores on the test set in
+``gen_<m>/test_predictions.npz`` (``scores`` float16 N x C, ``labels`` int64
+N). Everything in the report is computed from those files, so the
+ensembles of any set of generations can be evaluated later without
+re-running a model (``tools/analysis/ensemble.py``).
+"""
+import json
+import os
+import os.path as osp
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+PREDICTIONS = 'test_predictions.npz'
+REPORT_JSON = 'generations.json'
+REPORT_MD = 'generations.md'
+REPORT_PNG = 'generations.png'
+
+
+@torch.no_grad()
+def predict_scores(model: torch.nn.Module,
+                   dataloader: Iterable) -> Tuple[np.ndarray, np.ndarray]:
+    """Softmax scores (N, C) and labels (N,) of ``model`` on a dataloader of
+    mmpretrain batches (the model's own data preprocessor is applied)."""
+    was_training = model.training
+    model.eval()
+    scores, labels = [], []
+    try:
+        for batch in dataloader:
+            data = model.data_preprocessor(batch, training=False)
+            logits = model(data['inputs'], mode='tensor')
+            scores.append(F.softmax(logits.float(), dim=1).cpu())
+            labels.append(
+                torch.cat([s.gt_label for s in data['data_samples']]).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(scores).numpy(), torch.cat(labels).numpy().astype(
+        np.int64)
+
+
+def save_predictions(path: str, scores: np.ndarray,
+                     labels: np.ndarray) -> None:
+    tmp = f'{path}.tmp-{os.getpid()}.npz'
+    np.savez_compressed(tmp, scores=scores.astype(np.float16), labels=labels)
+    os.replace(tmp, path)
+
+
+def load_predictions(path: str) -> Tuple[np.ndarray, np.ndarray]:
+    # allow_pickle=False: an .npz from elsewhere cannot run code.
+    with np.load(path, allow_pickle=False) as data:
+        return data['scores'].astype(np.float32), data['labels']
+
+
+def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
+    k = min(k, scores.shape[1])
+    top = np.argsort(-scores, axis=1, kind='stable')[:, :k]
+    return float(100.0 * (top == labels[:, None]).any(axis=1).mean())
+
+
+def prediction_stats(scores: np.ndarray, labels: np.ndarray,
+                     k: int) -> Dict[str, float]:
+    """Accuracy and how much secondary information the predictions carry.
+
+    - ``mean_top1_prob``: mean of the largest probability.
+    - ``entropy``: mean entropy (nats) of the predicted distribution.
+    - ``secondary_mass``: mean probability held by the classes ranked 2..k.
+    """
+    p = np.clip(scores.astype(np.float64), 0, 1)
+    p = p / p.sum(axis=1, keepdims=True)
+    ranked = -np.sort(-p, axis=1)
+    with np.errstate(divide='ignore', invalid='ignore'):
+        ent = -np.where(p > 0, p * np.log(p), 0.0).sum(axis=1)
+    return dict(
+        top1=topk_accuracy(p, labels, 1),
+        top5=topk_accuracy(p, labels, 5),
+        mean_top1_prob=float(ranked[:, 0].mean()),
+        entropy=float(ent.mean()),
+        secondary_mass=float(ranked[:, 1:k].sum(axis=1).mean()),
+    )
+
+
+def ensemble_scores(all_scores: Sequence[np.ndarray]) -> np.ndarray:
+    """The average prediction of several models."""
+    return np.mean(np.stack([s.astype(np.float64) for s in all_scores]),
+                   axis=0)
+
+
+def ensemble_accuracy(work_dir: str, generations: Sequence[int],
+                      topk: int = 1) -> float:
+    """Top-k accuracy of the average prediction of ``generations``."""
+    labels = None
+    scores = []
+    for m in generations:
+        s, y = load_predictions(osp.join(work_dir, f'gen_{m}', PREDICTIONS))
+        if labels is not None and not np.array_equal(labels, y):
+            raise ValueError(f'generation {m} was evaluated on other samples '
+                             'than the previous ones')
+        labels = y
+        scores.append(s)
+    if not scores:
+        raise ValueError('no generations given')
+    return topk_accuracy(ensemble_scores(scores), labels, topk)
+
+
+def _fmt(value, digits=2):
+    return '—' if value is None else f'{value:.{digits}f}'
+
+
+def render_markdown(records: List[dict], title: str) -> str:
+    lines = [
+        f'# {title}', '',
+        '| gen | trained with | top-1 | top-5 | ensemble 1..m top-1 | '
+        'teacher top-1 | mean top-1 prob | entropy | top-K secondary mass '
+        '| wall time (s) |', '|' + ' --- |' * 10
+    ]
+    for r in records:
+        lines.append(
+            f"| M{r['generation']} | {r['trained_with']} | {_fmt(r['top1'])} "
+            f"| {_fmt(r['top5'])} | {_fmt(r.get('ensemble_top1'))} "
+            f"| {_fmt(r.get('teacher_top1'))} "
+            f"| {_fmt(r['mean_top1_prob'], 4)} | {_fmt(r['entropy'], 4)} "
+            f"| {_fmt(r['secondary_mass'], 4)} "
+            f"| {_fmt(r.get('wall_time_s'), 0)} |")
+    lines += [
+        '', 'Accuracies in % on the test split. The ensemble of M1..Mm '
+        'averages the softmax outputs of the students up to m (for m = 0, '
+        'the patriarch alone). Top-K secondary mass: mean probability of '
+        'the classes ranked 2..K.', ''
+    ]
+    return '\n'.join(lines)
+
+
+def plot_chains(chains: Dict[str, List[dict]], path: str,
+                title: Optional[str] = None) -> None:
+    """Top-1 per generation (solid) and of the ensemble 1..m (dashed) for
+    one or several chains, side by side in one figure."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    for i, (name, records) in enumerate(chains.items()):
+        color = f'C{i}'
+        gens = [r['generation'] for r in records]
+        ax.plot(gens, [r['top1'] for r in records], 'o-', color=color,
+                label=f'{name}')
+        ens = [(r['generation'], r['ensemble_top1']) for r in records
+               if r.get('ensemble_top1') is not None and r['generation'] > 0]
+        if ens:
+            ax.plot(*zip(*ens), 's--', color=color, alpha=0.6,
+                    label=f'{name}: ensemble M1..Mm')
+    ax.set_xlabel('generation m')
+    ax.set_ylabel('top-1 accuracy (%)')
+    ax.set_xticks(sorted({r['generation'] for rs in chains.values()
+                          for r in rs}))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    tmp = f'{path}.tmp-{os.getpid()}.png'
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_report(work_dir: str, records: List[dict], title: str) -> None:
+    """``generations.json``, ``generations.md`` and ``generations.png``."""
+    from mmtolerant.utils.export import atomic_write_text
+    atomic_write_text(
+        json.dumps(records, indent=2), osp.join(work_dir, REPORT_JSON))
+    atomic_write_text(
+        render_markdown(records, title), osp.join(work_dir, REPORT_MD))
+    plot_chains({title: records}, osp.join(work_dir, REPORT_PNG), title)
