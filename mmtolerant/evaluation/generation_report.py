@@ -1,10 +1,12 @@
 """Per-generation predictions, their statistics, ensembles and the report.
 
 Each finished generation stores its softmax scores on the test set in
-``gen_<m>/test_predictions.npz`` (``scores`` float16 N x C, ``labels`` int64
-N). Everything in the report is computed from those files, so the
+``gen_<m>/test_predictions.npz`` (``scores`` N x C, float32 up to 20 million
+values, float16 beyond, e.g. ImageNet's 50k x 1000; ``labels`` int64 N).
+Everything in the report is computed from those files as saved, so the
 ensembles of any set of generations can be evaluated later without
-re-running a model (``tools/analysis/ensemble.py``).
+re-running a model (``tools/analysis/ensemble.py``) and give the same
+numbers.
 """
 import json
 import os
@@ -42,11 +44,19 @@ def predict_scores(model: torch.nn.Module,
         np.int64)
 
 
+FLOAT32_LIMIT = 20_000_000
+
+
 def save_predictions(path: str, scores: np.ndarray,
-                     labels: np.ndarray) -> None:
+                     labels: np.ndarray) -> np.ndarray:
+    """Save scores (float32, or float16 when large) and labels; returns the
+    scores as saved, which is what every statistic is computed from."""
+    dtype = np.float32 if scores.size <= FLOAT32_LIMIT else np.float16
+    saved = scores.astype(dtype)
     tmp = f'{path}.tmp-{os.getpid()}.npz'
-    np.savez_compressed(tmp, scores=scores.astype(np.float16), labels=labels)
+    np.savez_compressed(tmp, scores=saved, labels=labels)
     os.replace(tmp, path)
+    return saved.astype(np.float32)
 
 
 def load_predictions(path: str) -> Tuple[np.ndarray, np.ndarray]:

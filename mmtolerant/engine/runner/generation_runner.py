@@ -310,6 +310,10 @@ class GenerationRunner:
         first = len(finished)
         resume_from = None
         if self.resume and first <= self.num_generations:
+            # Half-written files of a killed write (see compat's atomic
+            # writes) are never read; clear them away.
+            for stale in glob.glob(osp.join(self.gen_dir(first), '*.tmp-*')):
+                os.remove(stale)
             resume_from = self.latest_checkpoint(first)
         return dict(finished=finished, resume_from=resume_from)
 
@@ -425,8 +429,8 @@ class GenerationRunner:
             extra_meta=dict(generation=m, handed_on=handed_on))
 
         scores, labels = predict_scores(model, self._test_dataloader(cfg))
-        save_predictions(osp.join(self.gen_dir(m), PREDICTIONS), scores,
-                         labels)
+        scores = save_predictions(
+            osp.join(self.gen_dir(m), PREDICTIONS), scores, labels)
         record = dict(
             generation=m,
             trained_with=self.role(m),

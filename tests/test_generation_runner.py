@@ -1,0 +1,365 @@
+"""Chains of generations through the real runner: hand-over, report,
+ensembles, kill-and-resume, DDP and bad input."""
+import json
+import os
+import os.path as osp
+import random
+import re
+import shutil
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config
+
+from conftest import REPO, run_tool
+from mmtolerant.engine.runner import GenerationRunner
+from mmtolerant.utils import extract_state_dict, safe_torch_load
+
+CHAIN = osp.join(REPO, 'configs', 'digits', 'tsd_chain_r18t_digits.py')
+
+
+def chain_cfg(work_dir, **options):
+    cfg = Config.fromfile(CHAIN)
+    cfg.work_dir = str(work_dir)
+    cfg.train_cfg.max_epochs = 1
+    cfg.generations.num_generations = 2  # M0, M1, M2
+    cfg.merge_from_dict(options)
+    return cfg
+
+
+def weights(path):
+    return extract_state_dict(safe_torch_load(str(path)), str(path))
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.fixture(scope='module')
+def chain(tmp_path_factory):
+    work_dir = tmp_path_factory.mktemp('chain')
+    records = GenerationRunner.from_cfg(chain_cfg(work_dir)).train()
+    return work_dir, records
+
+
+def test_chain_trains_every_generation_with_its_role(chain):
+    work_dir, records = chain
+    assert [r['generation'] for r in records] == [0, 1, 2]
+    for m in range(3):
+        gen = work_dir / f'gen_{m}'
+        for name in ('generation.json', 'exported_model.pth',
+                     'exported_model.py', 'test_predictions.npz',
+                     'epoch_1.pth'):
+            assert (gen / name).is_file(), f'gen_{m}/{name}'
+        dumped = Config.fromfile(str(next(gen.glob('*/vis_data/config.py'))))
+        if m == 0:
+            assert dumped.model.type == 'ImageClassifier'
+            assert dumped.model.head.loss.type == 'TSDLoss'
+        else:
+            assert dumped.model.type == 'DistillImageClassifier'
+            assert dumped.model.head.loss.type == 'CrossEntropyLoss'
+            assert dumped.model.teacher.checkpoint == str(
+                work_dir / f'gen_{m - 1}' / 'exported_model.pth')
+    for name in ('generations.json', 'generations.md', 'generations.png'):
+        assert (work_dir / name).is_file()
+    with open(work_dir / 'generations.json') as f:
+        assert json.load(f) == records
+    md = (work_dir / 'generations.md').read_text()
+    assert md.count('| M') == 3 and 'TSDLoss(eta=0.5, k=3)' in md
+
+
+def test_each_teacher_is_the_previous_generations_export_bit_for_bit(chain):
+    work_dir, _ = chain
+    from mmpretrain.registry import MODELS
+    for m in (1, 2):
+        exported = weights(work_dir / f'gen_{m - 1}' / 'exported_model.pth')
+        # The export is the final ('last') weights of generation m-1 ...
+        assert_same_weights(
+            exported, weights(work_dir / f'gen_{m - 1}' / 'epoch_1.pth'))
+        # ... and generation m's teacher is built from exactly it.
+        dumped = Config.fromfile(
+            str(next((work_dir / f'gen_{m}').glob('*/vis_data/config.py'))))
+        dumped.model.setdefault('data_preprocessor', dumped.data_preprocessor)
+        student = MODELS.build(dumped.model)
+        assert_same_weights(student.teacher.state_dict(), exported)
+
+
+def test_report_numbers_equal_an_independent_computation(chain, python):
+    work_dir, records = chain
+    preds = {}
+    for m in range(3):
+        with np.load(work_dir / f'gen_{m}' / 'test_predictions.npz') as d:
+            preds[m] = (d['scores'].astype(np.float64), d['labels'])
+    labels = preds[0][1]
+    assert len(labels) == 450
+    for m, record in enumerate(records):
+        p = preds[m][0]
+        assert record['top1'] == pytest.approx(
+            100 * np.mean(p.argmax(1) == labels))
+        assert record['mean_top1_prob'] == pytest.approx(
+            np.mean(p.max(1) / p.sum(1)), abs=1e-6)
+        members = [0] if m == 0 else list(range(1, m + 1))
+        mean = np.mean([preds[g][0] for g in members], axis=0)
+        assert record['ensemble_top1'] == pytest.approx(
+            100 * np.mean(mean.argmax(1) == labels))
+
+    proc = run_tool([
+        python, 'tools/analysis/ensemble.py',
+        str(work_dir), '--sets', '1,2', '0,2', '--out',
+        str(work_dir / 'ens.json')
+    ])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(work_dir / 'ens.json') as f:
+        rows = json.load(f)
+    for row in rows:
+        mean = np.mean([preds[g][0] for g in row['members']], axis=0)
+        assert row['top1'] == pytest.approx(
+            100 * np.mean(mean.argmax(1) == labels))
+
+
+def test_saved_predictions_are_those_of_the_exported_models(chain):
+    work_dir, _ = chain
+    from mmpretrain.apis import init_model
+    from mmpretrain.registry import DATASETS
+    from mmengine.dataset import pseudo_collate
+    gen = work_dir / 'gen_2'
+    model = init_model(str(gen / 'exported_model.py'),
+                       str(gen / 'exported_model.pth'))
+    dataset = DATASETS.build(
+        dict(type='SklearnDigits', split='test',
+             pipeline=[dict(type='PackInputs')]))
+    batch = model.data_preprocessor(
+        pseudo_collate([dataset[i] for i in range(32)]), False)
+    with torch.no_grad():
+        probs = torch.softmax(model(batch['inputs'], mode='tensor'), 1)
+    with np.load(gen / 'test_predictions.npz') as d:
+        saved = d['scores'][:32].astype(np.float32)
+    np.testing.assert_allclose(saved, probs.numpy(), atol=1e-3)
+
+
+# --- bad input stops before any training ---------------------------------
+
+
+@pytest.mark.parametrize('options, match', [
+    ({'generations.num_generations': 0}, 'num_generations must be'),
+    ({'generations.tolerant': 'some'}, "tolerant must be one of"),
+    ({'generations.lam': 2.0}, 'lam must be'),
+    ({'generations.hand_on': 'first'}, 'hand_on must be'),
+    ({'generations.typo': 1}, r"unknown keys \['typo'\]"),
+    ({'generations.overrides': {7: {'train_cfg.max_epochs': 2}}},
+     'names generation 7'),
+    ({'generations.overrides': {1: {'model.head.num_classes': 5}}},
+     'number of classes changes between generations'),
+])
+def test_generations_section_that_makes_no_sense_is_refused(
+        tmp_path, options, match):
+    with pytest.raises(ValueError, match=match):
+        GenerationRunner.from_cfg(chain_cfg(tmp_path / 'wd', **options))
+    assert not (tmp_path / 'wd').exists()
+
+
+def test_missing_generations_section_is_refused(tmp_path):
+    cfg = chain_cfg(tmp_path)
+    cfg.pop('generations')
+    with pytest.raises(ValueError, match='no `generations` section'):
+        GenerationRunner.from_cfg(cfg)
+
+
+def test_existing_chain_is_never_overwritten_without_resume(chain, tmp_path):
+    work_dir, _ = chain
+    copy = tmp_path / 'copy'
+    shutil.copytree(work_dir, copy)
+    before = (copy / 'gen_0' / 'exported_model.pth').read_bytes()
+    with pytest.raises(ValueError, match='Pass --resume'):
+        GenerationRunner.from_cfg(chain_cfg(copy)).train()
+    assert (copy / 'gen_0' / 'exported_model.pth').read_bytes() == before
+
+
+def test_resume_into_a_work_dir_of_another_config_is_refused(chain, tmp_path):
+    work_dir, _ = chain
+    copy = tmp_path / 'copy'
+    shutil.copytree(work_dir, copy)
+    cfg = chain_cfg(copy, **{'generations.lam': 0.9, 'resume': True})
+    with pytest.raises(ValueError, match=r"differs in \['generations'\]"):
+        GenerationRunner.from_cfg(cfg).train()
+
+
+def test_missing_teacher_checkpoint_stops_before_training(chain, tmp_path):
+    work_dir, _ = chain
+    copy = tmp_path / 'copy'
+    shutil.copytree(work_dir, copy)
+    shutil.rmtree(copy / 'gen_2')
+    (copy / 'gen_1' / 'exported_model.pth').unlink()
+    cfg = chain_cfg(copy, resume=True)
+    with pytest.raises(FileNotFoundError, match='gen_1/exported_model.pth'):
+        GenerationRunner.from_cfg(cfg).train()
+    assert not (copy / 'gen_2').exists()
+
+
+def test_resume_of_a_finished_chain_retrains_nothing(chain, tmp_path):
+    work_dir, records = chain
+    copy = tmp_path / 'copy'
+    shutil.copytree(work_dir, copy)
+    stamps = {p: p.stat().st_mtime_ns for p in copy.rglob('*.pth')}
+    again = GenerationRunner.from_cfg(chain_cfg(copy, resume=True)).train()
+    assert again == records
+    assert {p: p.stat().st_mtime_ns for p in copy.rglob('*.pth')} == stamps
+
+
+# --- kill-and-resume -------------------------------------------------------
+
+KILLER = textwrap.dedent("""
+    import os
+    import os.path as osp
+    import signal
+
+    from mmengine.hooks import Hook
+    from mmpretrain.registry import HOOKS
+
+    WHERE = os.environ.get('KILL_AT', '')
+
+
+    def die():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+    if WHERE == 'while_writing_checkpoint':
+        # Kill once generation 1's epoch-2 checkpoint is fully written to
+        # its temporary file but not yet renamed into place.
+        _replace = os.replace
+
+        def replace(src, dst, *args, **kwargs):
+            if dst.endswith(osp.join('gen_1', 'epoch_2.pth')):
+                die()
+            return _replace(src, dst, *args, **kwargs)
+
+        os.replace = replace
+
+
+    @HOOKS.register_module()
+    class KillHook(Hook):
+        priority = 'LOWEST'  # after CheckpointHook
+
+        def _gen(self, runner):
+            return osp.basename(runner.work_dir)
+
+        def before_train(self, runner):
+            if WHERE == 'between_generations' and self._gen(runner) == 'gen_1':
+                die()
+
+        def after_train_epoch(self, runner):
+            if WHERE == 'between_epochs' and self._gen(runner) == 'gen_1' \\
+                    and runner.epoch == 0:
+                die()
+
+        def after_train_iter(self, runner, batch_idx, data_batch=None,
+                             outputs=None):
+            if WHERE == 'mid_epoch' and self._gen(runner) == 'gen_1' \\
+                    and runner.epoch == 1 and batch_idx == 5:
+                die()
+""")
+
+RESUME_OPTIONS = [
+    '--cfg-options', 'train_cfg.max_epochs=2',
+    'generations.num_generations=2', 'randomness.deterministic=True'
+]
+
+
+def run_chain(config, work_dir, python, extra_env=None, resume=False):
+    env = {'OMP_NUM_THREADS': '1', 'PYTHONPATH': REPO}
+    env.update(extra_env or {})
+    args = [python, 'tools/train.py', str(config), '--work-dir', str(work_dir)]
+    if resume:
+        args.append('--resume')
+    return run_tool(args + RESUME_OPTIONS, env=env)
+
+
+def chain_result(work_dir):
+    with open(work_dir / 'generations.json') as f:
+        records = json.load(f)
+    for r in records:
+        r.pop('wall_time_s')
+    exported = [
+        weights(work_dir / f'gen_{m}' / 'exported_model.pth')
+        for m in range(3)
+    ]
+    return records, exported
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory, python_exe=None):
+    import sys
+    work_dir = tmp_path_factory.mktemp('uninterrupted')
+    proc = run_chain(CHAIN, work_dir, sys.executable)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return chain_result(work_dir)
+
+
+@pytest.mark.parametrize('kill_at', [
+    'between_generations', 'between_epochs', 'mid_epoch',
+    'while_writing_checkpoint'
+])
+def test_chain_killed_anywhere_resumes_to_the_same_result(
+        uninterrupted, tmp_path, python, kill_at):
+    (tmp_path / 'killer.py').write_text(KILLER)
+    killing = tmp_path / 'killing_chain.py'
+    killing.write_text(
+        f'_base_ = [{CHAIN!r}]\n'
+        "custom_imports = dict(imports=['mmtolerant', 'killer'])\n"
+        "custom_hooks = [dict(type='KillHook')]\n")
+    work_dir = tmp_path / 'chain'
+    env = {'KILL_AT': kill_at, 'PYTHONPATH': f'{tmp_path}{os.pathsep}{REPO}'}
+    killed = run_chain(killing, work_dir, python, env)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert (work_dir / 'gen_0' / 'generation.json').is_file()
+    assert not (work_dir / 'gen_1' / 'generation.json').exists()
+    finished = {
+        p: p.stat().st_mtime_ns
+        for p in (work_dir / 'gen_0').iterdir()
+    }
+
+    resumed = run_chain(CHAIN, work_dir, python, resume=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log = resumed.stdout + resumed.stderr
+    assert 'generation 0/2 is finished' in log and 'not retrained' in log
+    if kill_at != 'between_generations':
+        assert re.search(r'generation 1: resuming from .*epoch_1\.pth', log)
+    # The finished generation was not touched.
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished
+    assert not list(work_dir.rglob('*.tmp-*'))
+
+    records, exported = chain_result(work_dir)
+    ref_records, ref_exported = uninterrupted
+    assert records == ref_records
+    for ours, ref in zip(exported, ref_exported):
+        assert_same_weights(ours, ref)
+
+
+def test_chain_under_2_process_ddp_on_the_cpu(tmp_path, python):
+    work_dir = tmp_path / 'ddp_chain'
+    proc = run_tool(
+        [
+            'bash', 'tools/dist_train.sh', CHAIN, '2', '--work-dir',
+            str(work_dir), '--cfg-options', 'train_cfg.max_epochs=1',
+            'generations.num_generations=2'
+        ],
+        env={
+            'PYTHON': python,
+            'PORT': str(random.randint(20000, 40000))
+        })
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert 'Distributed training: True' in log
+    with open(work_dir / 'generations.json') as f:
+        records = json.load(f)
+    assert [r['generation'] for r in records] == [0, 1, 2]
+    # Both ranks trained on half the data: 1347 / (2 x 64) -> 11 iterations.
+    assert re.search(r'Epoch\(train\) \[1\]\[10/11\]', log)
+    for m in (1, 2):
+        assert_same_weights(
+            weights(work_dir / f'gen_{m - 1}' / 'exported_model.pth'),
+            weights(work_dir / f'gen_{m - 1}' / 'epoch_1.pth'))
