@@ -7,6 +7,9 @@ the stack fixes of :mod:`mmtolerant.utils.compat`. Configs load it with
 """
 import warnings
 
+# mmengine imports pkg_resources, deprecated in the setuptools < 81 it needs.
+warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
+
 try:
     import mmcv  # noqa: F401
 except ImportError as e:  # pragma: no cover - depends on the install

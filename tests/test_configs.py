@@ -19,7 +19,7 @@ CONFIGS = sorted(
                          recursive=True) if '_base_' not in p)
 FMNIST = osp.join(REPO, '..', 'shared', 'data', 'fashion_mnist')
 INPUT_SHAPES = {'digits': (1, 8, 8), 'fashion_mnist': (1, 28, 28),
-                'cifar100': (3, 32, 32)}
+                'cifar100': (3, 32, 32), 'configs': (3, 224, 224)}
 
 
 def _dataset_of(path):
@@ -53,6 +53,30 @@ def test_there_are_strict_tsd_and_student_configs_per_dataset():
     for dataset in ('fashion_mnist', 'cifar100', 'digits'):
         for kind in ('strict', 'tsd', 'student'):
             assert (dataset, kind) in names
+    chains = {(_dataset_of(p), osp.basename(p).split('_')[0])
+              for p in CONFIGS if '_chain_' in p}
+    for dataset in ('fashion_mnist', 'cifar100'):
+        for kind in ('strict', 'tsd', 'lsr', 'cp'):
+            assert (dataset, kind) in chains
+    assert osp.isfile(osp.join(REPO, 'configs', 'tsd_resnet50_in1k.py'))
+
+
+@pytest.mark.parametrize('path', [p for p in CONFIGS if '_chain_' in p or
+                                  p.endswith('_in1k.py')], ids=osp.basename)
+def test_chain_config_builds_a_generation_runner_with_its_baseline(
+        path, tmp_path):
+    from mmtolerant.engine.runner import GenerationRunner
+    cfg = Config.fromfile(path)
+    cfg.work_dir = str(tmp_path)
+    runner = GenerationRunner.from_cfg(cfg)
+    kind = osp.basename(path).split('_')[0]
+    losses = [c.model.head.loss.type for c in runner.generation_cfgs]
+    expected_m0 = dict(strict='CrossEntropyLoss', tsd='TSDLoss',
+                       lsr='LabelSmoothLoss', cp='ConfidencePenaltyLoss')[kind]
+    assert losses[0] == expected_m0
+    assert set(losses[1:]) == {'CrossEntropyLoss'}
+    assert [c.model.type for c in runner.generation_cfgs][1:] == [
+        'DistillImageClassifier'] * runner.num_generations
 
 
 @pytest.mark.parametrize('path', CONFIGS, ids=osp.basename)

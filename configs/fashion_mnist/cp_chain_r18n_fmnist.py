@@ -1,0 +1,5 @@
+# Baseline chain whose patriarch is softened by a confidence penalty (CP).
+_base_ = ['./tsd_chain_r18n_fmnist.py']
+
+generations = dict(
+    teacher_loss=dict(_delete_=True, type='ConfidencePenaltyLoss', beta=0.1))
