@@ -363,3 +363,70 @@ def test_chain_under_2_process_ddp_on_the_cpu(tmp_path, python):
         assert_same_weights(
             weights(work_dir / f'gen_{m - 1}' / 'exported_model.pth'),
             weights(work_dir / f'gen_{m - 1}' / 'epoch_1.pth'))
+
+
+def test_overrides_and_hand_on_best(tmp_path):
+    cfg = chain_cfg(
+        tmp_path, **{
+            'generations.num_generations': 1,
+            'generations.hand_on': 'best',
+            'generations.overrides': {0: {'train_cfg.max_epochs': 2}},
+            'default_hooks.checkpoint.save_best': 'accuracy/top1',
+            'default_hooks.checkpoint.rule': 'greater',
+        })
+    records = GenerationRunner.from_cfg(cfg).train()
+    assert [r['epochs'] for r in records] == [2, 1]
+    best = sorted((tmp_path / 'gen_0').glob('best_accuracy_top1_epoch_*.pth'))
+    assert len(best) == 1
+    assert records[0]['handed_on'] == best[0].name
+    assert_same_weights(
+        weights(tmp_path / 'gen_0' / 'exported_model.pth'), weights(best[0]))
+
+
+def test_hand_on_best_without_a_best_checkpoint_is_a_clear_error(tmp_path):
+    cfg = chain_cfg(tmp_path, **{
+        'generations.num_generations': 1,
+        'generations.hand_on': 'best'
+    })
+    with pytest.raises(FileNotFoundError, match='save_best'):
+        GenerationRunner.from_cfg(cfg).train()
+
+
+FAILING_RANK = textwrap.dedent("""
+    from mmengine.hooks import Hook
+    from mmpretrain.registry import HOOKS
+
+
+    @HOOKS.register_module()
+    class FailOnRank1Hook(Hook):
+        def before_train(self, runner):
+            if runner.rank == 1 and runner.work_dir.endswith('gen_1'):
+                raise RuntimeError('rank 1 broke in generation 1')
+""")
+
+
+def test_one_ranks_failure_stops_the_ddp_chain_with_its_error(
+        tmp_path, python):
+    (tmp_path / 'failing.py').write_text(FAILING_RANK)
+    config = tmp_path / 'failing_chain.py'
+    config.write_text(
+        f'_base_ = [{CHAIN!r}]\n'
+        "custom_imports = dict(imports=['mmtolerant', 'failing'])\n"
+        "custom_hooks = [dict(type='FailOnRank1Hook')]\n")
+    proc = run_tool(
+        [
+            'bash', 'tools/dist_train.sh',
+            str(config), '2', '--work-dir',
+            str(tmp_path / 'wd'), '--cfg-options', 'train_cfg.max_epochs=1',
+            'generations.num_generations=2'
+        ],
+        env={
+            'PYTHON': python,
+            'PORT': str(random.randint(20000, 40000)),
+            'PYTHONPATH': f'{tmp_path}{os.pathsep}{REPO}'
+        },
+        timeout=300)
+    assert proc.returncode != 0
+    assert 'rank 1 broke in generation 1' in proc.stdout + proc.stderr
+    assert (tmp_path / 'wd' / 'gen_0' / 'generation.json').is_file()
+    assert not (tmp_path / 'wd' / 'gen_1' / 'generation.json').exists()
