@@ -22,7 +22,7 @@ setup(
     long_description=long_description,
     long_description_content_type='text/markdown',
     license='Apache-2.0',
-    python_requires='>=3.9',
+    python_requires='>=3.10',
     packages=find_packages(include=['mmtolerant', 'mmtolerant.*']),
     include_package_data=True,
     # Ranges, not pins: GPU machines ship their own torch. torch >= 2.6 is

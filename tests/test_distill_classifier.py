@@ -234,3 +234,29 @@ def test_unreadable_teacher_checkpoint_is_a_clear_error(digits_teacher,
                       **{'model.teacher.checkpoint': str(bad)})
     with pytest.raises(CheckpointLoadError, match='truncated.pth'):
         MODELS.build(cfg.model)
+
+
+def test_test_tool_reports_metrics_and_dumps_predictions_without_pickle(
+        digits_teacher, tmp_path, python):
+    config = 'configs/digits/strict_teacher_r18t_digits.py'
+    ckpt = str(digits_teacher / 'exported_model.pth')
+    metrics_proc = run_tool([
+        python, 'tools/test.py', config, ckpt, '--work-dir',
+        str(tmp_path / 'wd'), '--out',
+        str(tmp_path / 'metrics.json')
+    ])
+    assert metrics_proc.returncode == 0, metrics_proc.stderr[-3000:]
+    pred_proc = run_tool([
+        python, 'tools/test.py', config, ckpt, '--work-dir',
+        str(tmp_path / 'wd'), '--out',
+        str(tmp_path / 'pred.npz'), '--out-item', 'pred'
+    ])
+    assert pred_proc.returncode == 0, pred_proc.stderr[-3000:]
+    import json
+    with open(tmp_path / 'metrics.json') as f:
+        metrics = json.load(f)
+    with np.load(tmp_path / 'pred.npz', allow_pickle=False) as d:
+        scores, labels = d['scores'], d['labels']
+    assert scores.shape == (450, 10)
+    assert metrics['accuracy/top1'] == pytest.approx(
+        100 * np.mean(scores.argmax(1) == labels), abs=1e-4)

@@ -154,6 +154,11 @@ def test_saved_predictions_are_those_of_the_exported_models(chain):
      'names generation 7'),
     ({'generations.overrides': {1: {'model.head.num_classes': 5}}},
      'number of classes changes between generations'),
+    # Settings of later generations are checked before M0 trains.
+    ({'generations.distill_loss.tau': 0}, 'generation 1 cannot build.*tau'),
+    ({'generations.distill_loss.type': 'NoSuchLoss'}, 'NoSuchLoss'),
+    ({'generations.teacher_loss.k': 20}, 'k=20 is larger than num_classes=10'),
+    ({'generations.report_k': 11}, 'report_k=11'),
 ])
 def test_generations_section_that_makes_no_sense_is_refused(
         tmp_path, options, match):
@@ -383,12 +388,26 @@ def test_overrides_and_hand_on_best(tmp_path):
         weights(tmp_path / 'gen_0' / 'exported_model.pth'), weights(best[0]))
 
 
-def test_hand_on_best_without_a_best_checkpoint_is_a_clear_error(tmp_path):
-    cfg = chain_cfg(tmp_path, **{
+def test_hand_on_best_without_a_best_checkpoint_is_refused_before_training(
+        tmp_path):
+    cfg = chain_cfg(tmp_path / 'wd', **{
         'generations.num_generations': 1,
         'generations.hand_on': 'best'
     })
-    with pytest.raises(FileNotFoundError, match='save_best'):
+    with pytest.raises(ValueError, match='save_best'):
+        GenerationRunner.from_cfg(cfg)
+    assert not (tmp_path / 'wd').exists()
+
+
+def test_shrinking_a_finished_chain_is_refused(chain, tmp_path):
+    work_dir, _ = chain
+    copy = tmp_path / 'copy'
+    shutil.copytree(work_dir, copy)
+    cfg = chain_cfg(copy, **{
+        'generations.num_generations': 1,
+        'resume': True
+    })
+    with pytest.raises(ValueError, match=r'generations \[2\] beyond'):
         GenerationRunner.from_cfg(cfg).train()
 
 

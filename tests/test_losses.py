@@ -758,3 +758,15 @@ def test_numpy_integer_k_is_accepted_and_infinite_settings_refused():
         ConfidencePenaltyLoss(beta=float('inf'))
     with pytest.raises(ValueError, match='inf'):
         DistillKLLoss(tau=float('inf'))
+
+
+def test_positional_arguments_follow_the_documented_public_signatures():
+    import inspect
+    assert list(inspect.signature(TSDLoss).parameters)[:3] == [
+        'eta', 'k', 'loss_weight']
+    assert list(inspect.signature(DistillKLLoss).parameters)[:2] == [
+        'tau', 'loss_weight']
+    assert list(inspect.signature(ConfidencePenaltyLoss).parameters)[:2] == [
+        'beta', 'loss_weight']
+    assert TSDLoss(0.5, 3, 2.0).loss_weight == 2.0
+    assert DistillKLLoss(2.0, 0.25).loss_weight == 0.25

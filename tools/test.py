@@ -24,12 +24,39 @@ def parse_args():
     parser.add_argument(
         '--work-dir', help='the directory to save the evaluation log')
     parser.add_argument(
-        '--out', help='write the metrics to this JSON file')
+        '--out',
+        help='write the metrics (.json) or the predictions (.npz, with '
+        '--out-item pred) to this file')
+    parser.add_argument(
+        '--out-item',
+        choices=['metrics', 'pred'],
+        default='metrics',
+        help='what --out holds: the metrics, or every sample\'s scores and '
+        'label (an .npz of arrays: no pickle)')
     parser.add_argument(
         '--cfg-options',
         nargs='+',
         action=DictAction,
         help='override settings of the config')
+    parser.add_argument(
+        '--show-dir',
+        help='save images with their predictions here (visualization hook)')
+    parser.add_argument(
+        '--show', action='store_true', help='show the predictions on screen')
+    parser.add_argument(
+        '--interval', type=int, default=1,
+        help='visualize every this many samples')
+    parser.add_argument(
+        '--wait-time', type=float, default=2,
+        help='seconds each shown image stays')
+    parser.add_argument(
+        '--no-pin-memory', action='store_true',
+        help='do not pin memory in the test dataloader')
+    parser.add_argument(
+        '--amp', action='store_true', help='test in mixed precision')
+    parser.add_argument(
+        '--tta', action='store_true',
+        help='test-time augmentation with the config\'s tta_pipeline')
     parser.add_argument(
         '--launcher',
         choices=['none', 'pytorch', 'slurm', 'mpi'],
@@ -52,6 +79,32 @@ def main():
     set_work_dir(cfg, args.work_dir, args.config)
     cfg.load_from = args.checkpoint
     cfg.resume = False
+    if args.no_pin_memory:
+        cfg.test_dataloader.pin_memory = False
+    if args.amp:
+        cfg.test_cfg = dict(cfg.get('test_cfg') or {}, fp16=True)
+    if args.show or args.show_dir:
+        vis = cfg.default_hooks.setdefault(
+            'visualization', dict(type='VisualizationHook'))
+        vis.update(enable=True, show=args.show, interval=args.interval,
+                   wait_time=args.wait_time)
+        if args.show_dir:
+            vis.out_dir = args.show_dir
+    if args.tta:
+        if 'tta_pipeline' not in cfg:
+            raise SystemExit('--tta needs a tta_pipeline in the config')
+        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+        cfg.model = dict(
+            type=cfg.get('tta_model', {}).get('type', 'AverageClsScoreTTA'),
+            module=cfg.model)
+    if args.out and args.out_item == 'pred':
+        evaluators = cfg.test_evaluator
+        evaluators = list(evaluators) if isinstance(evaluators,
+                                                    (list, tuple)) else [
+                                                        evaluators]
+        cfg.test_evaluator = evaluators + [
+            dict(type='DumpPredictions', out_file_path=args.out)
+        ]
     # Testing needs neither the training data nor the optimiser.
     for key in ('train_dataloader', 'train_cfg', 'optim_wrapper',
                 'param_scheduler'):
@@ -59,7 +112,9 @@ def main():
 
     runner = Runner.from_cfg(cfg)
     metrics = runner.test()
-    if args.out:
+    if args.out and args.out_item == 'pred':
+        runner.logger.info(f'predictions written to {args.out}')
+    elif args.out:
         with open(args.out, 'w') as f:
             json.dump({k: float(v) for k, v in metrics.items()}, f, indent=2)
         runner.logger.info(f'metrics written to {args.out}')

@@ -6,7 +6,7 @@ _base_ = ['./strict_teacher_r18_cifar100.py']
 model = dict(
     type='DistillImageClassifier',
     teacher=dict(
-        config='configs/cifar100/strict_teacher_r18_cifar100.py',
+        config='configs/cifar100/tsd_teacher_r18_cifar100.py',
         checkpoint='work_dirs/tsd_teacher_r18_cifar100/exported_model.pth'),
     lam=0.5,
     distill_loss=dict(type='DistillKLLoss', tau=1.0),

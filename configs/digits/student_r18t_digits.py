@@ -1,13 +1,13 @@
 # Student of a frozen teacher on digits: lam * CE + (1 - lam) * KL.
 #   python tools/train.py configs/digits/student_r18t_digits.py \
-#     --cfg-options model.teacher.checkpoint=work_dirs/strict_teacher_r18t_digits/exported_model.pth
+#     --cfg-options model.teacher.checkpoint=work_dirs/tsd_teacher_r18t_digits/exported_model.pth
 _base_ = ['./strict_teacher_r18t_digits.py']
 
 model = dict(
     type='DistillImageClassifier',
     teacher=dict(
-        config='configs/digits/strict_teacher_r18t_digits.py',
-        checkpoint='work_dirs/strict_teacher_r18t_digits/exported_model.pth'),
+        config='configs/digits/tsd_teacher_r18t_digits.py',
+        checkpoint='work_dirs/tsd_teacher_r18t_digits/exported_model.pth'),
     lam=0.5,
     distill_loss=dict(type='DistillKLLoss', tau=1.0),
 )

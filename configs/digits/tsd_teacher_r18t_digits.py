@@ -2,4 +2,5 @@
 _base_ = ['./strict_teacher_r18t_digits.py']
 
 model = dict(
-    head=dict(loss=dict(_delete_=True, type='TSDLoss', eta=0.5, k=3)))
+    head=dict(loss=dict(_delete_=True, type='TSDLoss', eta=0.5, k=3,
+                        num_classes=10)))

@@ -10,8 +10,8 @@ model = dict(
     teacher=dict(
         # Any classifier config with the same classes (and the same input
         # normalisation): the same architecture here.
-        config='configs/fashion_mnist/strict_teacher_r18n_fmnist.py',
-        checkpoint='work_dirs/strict_teacher_r18n_fmnist/exported_model.pth'),
+        config='configs/fashion_mnist/tsd_teacher_r18n_fmnist.py',
+        checkpoint='work_dirs/tsd_teacher_r18n_fmnist/exported_model.pth'),
     lam=0.5,
     distill_loss=dict(type='DistillKLLoss', tau=1.0),
 )

@@ -1,3 +1,4 @@
+from .dump_predictions import DumpPredictions
 from .teacher_accuracy import TeacherAccuracy
 
-__all__ = ['TeacherAccuracy']
+__all__ = ['TeacherAccuracy', 'DumpPredictions']

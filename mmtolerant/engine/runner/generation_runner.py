@@ -8,10 +8,10 @@ import re
 import time
 from typing import Any, Dict, List, Optional
 
-import torch
+import numpy as np
 from mmengine.config import Config, ConfigDict
-from mmengine.dist import (barrier, broadcast_object_list, get_rank,
-                           init_dist, is_distributed, is_main_process)
+from mmengine.dist import (barrier, broadcast_object_list, init_dist,
+                           is_distributed, is_main_process)
 from mmengine.logging import print_log
 from mmengine.runner import Runner
 from mmengine.registry import RUNNERS as MMENGINE_RUNNERS
@@ -66,7 +66,7 @@ def _digest(obj: Any) -> str:
 
 def _loss_name(loss_cfg: dict) -> str:
     args = ', '.join(f'{k}={v}' for k, v in loss_cfg.items()
-                     if k not in ('type', 'loss_weight'))
+                     if k not in ('type', 'loss_weight', 'num_classes'))
     return f"{loss_cfg['type']}({args})" if args else loss_cfg['type']
 
 
@@ -129,6 +129,7 @@ class GenerationRunner:
         ]
         self._add_chain_hooks()
         self._check_classes()
+        self._check_settings_build()
         self.records: List[dict] = []
 
     @classmethod
@@ -168,8 +169,13 @@ class GenerationRunner:
             raise ValueError('a generation chain needs a classifier with a '
                              'head (model.head)')
         if self.settings.is_tolerant(m):
-            model.head.loss = ConfigDict(
-                copy.deepcopy(self.settings.teacher_loss))
+            loss = ConfigDict(copy.deepcopy(self.settings.teacher_loss))
+            num_classes = _num_classes(model)
+            if loss.get('type') == 'TSDLoss' and num_classes is not None:
+                # K is then checked against the classes when built, not at
+                # the first training step.
+                loss.setdefault('num_classes', num_classes)
+            model.head.loss = loss
         if m >= 1:
             previous = self.gen_dir(m - 1)
             model.type = 'DistillImageClassifier'
@@ -227,6 +233,36 @@ class GenerationRunner:
                 f'({", ".join(f"M{m}: {n}" for m, n in known.items())}); a '
                 'student must predict its teacher\'s classes')
 
+    def _check_settings_build(self) -> None:
+        """Build every generation's losses now, so that a bad setting of a
+        later generation stops the chain before the patriarch trains."""
+        from mmpretrain.registry import MODELS
+        for m, cfg in enumerate(self.generation_cfgs):
+            try:
+                MODELS.build(copy.deepcopy(cfg.model.head.loss))
+                if m >= 1:
+                    MODELS.build(
+                        dict(
+                            copy.deepcopy(cfg.model.distill_loss),
+                            loss_weight=1.0 - cfg.model.lam))
+            except Exception as e:
+                raise ValueError(
+                    f'generations: generation {m} cannot build its losses: '
+                    f'{type(e).__name__}: {e}') from None
+        num_classes = _num_classes(self.generation_cfgs[0].model)
+        if num_classes is not None and self.settings.report_k > num_classes:
+            raise ValueError(f'generations: report_k={self.settings.report_k}'
+                             f' is larger than the {num_classes} classes')
+        if self.settings.hand_on == 'best':
+            for m, cfg in enumerate(self.generation_cfgs[:-1]):
+                checkpoint = (cfg.get('default_hooks') or {}).get(
+                    'checkpoint') or {}
+                if not checkpoint.get('save_best'):
+                    raise ValueError(
+                        'generations: hand_on="best" needs a best checkpoint '
+                        f'in every teacher; generation {m} has none: set '
+                        "default_hooks.checkpoint.save_best='accuracy/top1'")
+
     def fingerprint(self) -> Dict[str, str]:
         sections = {}
         for key in _FINGERPRINT_KEYS:
@@ -264,6 +300,13 @@ class GenerationRunner:
                     f'{self.work_dir} holds a chain made by another config '
                     f'({saved.get("config")}): it differs in {differ}. Use '
                     'another --work-dir, or the config that made it.')
+        beyond = [m for m in existing if m > self.num_generations]
+        if beyond:
+            raise ValueError(
+                f'{self.work_dir} holds generations {beyond} beyond '
+                f'num_generations={self.num_generations}; resuming would drop '
+                'them from the report. Keep num_generations >= '
+                f'{max(beyond)} or use another --work-dir.')
         if existing and not self.resume:
             finished = [m for m in existing if self.is_finished(m)]
             raise ValueError(
@@ -367,8 +410,7 @@ class GenerationRunner:
             runner = Runner.from_cfg(cfg)
             runner.train()
             wall = time.time() - started
-            if is_main_process():
-                self._finish_generation(m, runner, cfg, wall)
+            self._finish_generation(m, runner, cfg, wall)
             barrier()
             if not is_main_process():
                 with open(osp.join(self.gen_dir(m), GENERATION_FILE)) as f:
@@ -404,31 +446,38 @@ class GenerationRunner:
             return model, osp.basename(best[-1])
         return model, f'last (epoch {runner.epoch})'
 
-    def _test_dataloader(self, cfg: Config):
-        from mmengine.dataset import pseudo_collate
-        from mmpretrain.registry import DATASETS
+    def _predict(self, model, cfg: Config):
+        """Test-set scores of ``model``, each rank predicting its share of
+        the samples; gathered in dataset order on rank 0 (None elsewhere)."""
+        from mmengine.dist import collect_results
         loader_cfg = cfg.get('test_dataloader') or cfg.get('val_dataloader')
         if loader_cfg is None:
             raise ValueError('the chain report needs a test_dataloader (or '
                              'val_dataloader) in the config')
-        dataset = DATASETS.build(copy.deepcopy(loader_cfg.dataset))
-        return torch.utils.data.DataLoader(
-            dataset,
-            batch_size=loader_cfg.get('batch_size', 64),
-            shuffle=False,
-            num_workers=0,
-            collate_fn=pseudo_collate)
+        loader_cfg = copy.deepcopy(loader_cfg)
+        loader_cfg.sampler = dict(type='DefaultSampler', shuffle=False)
+        loader = Runner.build_dataloader(loader_cfg)
+        scores, labels = predict_scores(model, loader)
+        size = len(loader.dataset)
+        rows = collect_results(list(zip(scores, labels)), size, device='cpu')
+        if rows is None:
+            return None, None
+        return (np.stack([r[0] for r in rows]),
+                np.array([r[1] for r in rows], dtype=np.int64))
 
     def _finish_generation(self, m: int, runner, cfg: Config,
                            wall: float) -> None:
+        """Export, predict the test set and report (all ranks take part in
+        the prediction; rank 0 writes)."""
         model, handed_on = self._handed_on_model(runner, m)
+        scores, labels = self._predict(model, cfg)
+        if not is_main_process():
+            return
         dataset_meta = getattr(runner.train_dataloader.dataset, 'metainfo',
                                None)
         export_plain_model(
             cfg, model, self.gen_dir(m), dataset_meta=dataset_meta,
             extra_meta=dict(generation=m, handed_on=handed_on))
-
-        scores, labels = predict_scores(model, self._test_dataloader(cfg))
         scores = save_predictions(
             osp.join(self.gen_dir(m), PREDICTIONS), scores, labels)
         record = dict(

@@ -25,8 +25,8 @@ class ConfidencePenaltyLoss(nn.Module):
     Args:
         beta (float): Weight of the entropy reward, >= 0. ``beta=0`` is plain
             cross-entropy.
-        reduction (str): 'none', 'mean' or 'sum'. Defaults to 'mean'.
         loss_weight (float): Multiplies the whole loss. Defaults to 1.0.
+        reduction (str): 'none', 'mean' or 'sum'. Defaults to 'mean'.
         class_weight (list[float], optional): Per-class weights of the
             cross-entropy term. Defaults to None.
 
@@ -35,8 +35,8 @@ class ConfidencePenaltyLoss(nn.Module):
 
     def __init__(self,
                  beta: float,
-                 reduction: str = 'mean',
                  loss_weight: float = 1.0,
+                 reduction: str = 'mean',
                  class_weight: Optional[list] = None):
         super().__init__()
         self.beta = check_in_range('ConfidencePenaltyLoss', 'beta', beta, 0.0,

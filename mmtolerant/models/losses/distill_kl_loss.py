@@ -44,8 +44,8 @@ class DistillKLLoss(nn.Module):
 
     Args:
         tau (float): Temperature, > 0. Defaults to 1.0 (the paper's KL).
-        reduction (str): 'none', 'mean' or 'sum'. Defaults to 'mean'.
         loss_weight (float): Multiplies the loss. Defaults to 1.0.
+        reduction (str): 'none', 'mean' or 'sum'. Defaults to 'mean'.
 
     Called as ``loss(student_logits, teacher_logits, weight=None,
     avg_factor=None, reduction_override=None)``.
@@ -53,8 +53,8 @@ class DistillKLLoss(nn.Module):
 
     def __init__(self,
                  tau: float = 1.0,
-                 reduction: str = 'mean',
-                 loss_weight: float = 1.0):
+                 loss_weight: float = 1.0,
+                 reduction: str = 'mean'):
         super().__init__()
         self.tau = check_positive('DistillKLLoss', 'tau', tau)
         self.reduction = check_reduction('DistillKLLoss', reduction)

@@ -46,10 +46,10 @@ class TSDLoss(nn.Module):
             the TSD term.
         k (int): Classes kept, the primary one included; ``k >= 2`` and at
             most the number of classes.
+        loss_weight (float): Multiplies the whole loss. Defaults to 1.0.
+        reduction (str): 'none', 'mean' or 'sum'. Defaults to 'mean'.
         num_classes (int, optional): If given, ``k`` is checked against it at
             build time; otherwise at the first call. Defaults to None.
-        reduction (str): 'none', 'mean' or 'sum'. Defaults to 'mean'.
-        loss_weight (float): Multiplies the whole loss. Defaults to 1.0.
         class_weight (list[float], optional): Per-class weights of the
             cross-entropy term. Defaults to None.
 
@@ -60,9 +60,9 @@ class TSDLoss(nn.Module):
     def __init__(self,
                  eta: float,
                  k: int,
-                 num_classes: Optional[int] = None,
-                 reduction: str = 'mean',
                  loss_weight: float = 1.0,
+                 reduction: str = 'mean',
+                 num_classes: Optional[int] = None,
                  class_weight: Optional[list] = None):
         super().__init__()
         self.eta = check_in_range('TSDLoss', 'eta', eta, 0.0, 1.0)

@@ -1,0 +1,280 @@
+"""Cost of a distillation step against a plain mmpretrain training step.
+
+Measured side by side in one run, on the same model, batch and machine:
+
+- ``plain``:   mmpretrain ``ImageClassifier.train_step`` of the student alone
+               (the floor: what training without a teacher costs);
+- ``distill``: mmtolerant's ``DistillImageClassifier.train_step`` with a live,
+               frozen teacher of the same architecture;
+- ``handkd``:  a minimal hand-written KD step (student + ``no_grad`` teacher,
+               CE + KL, backward, SGD step): what any KD implementation costs
+               at least;
+- ``torchdistill``: torchdistill's KD step, when torchdistill is installed.
+
+Every variant runs in its own process (a clean peak-memory reading); the
+variants take turns, round after round, so that drifts of a noisy machine hit
+them alike. Reported: median seconds per step after warm-up, images/s, peak
+memory (CPU: peak RSS of the process; GPU: peak allocated), each as a ratio to
+``plain``.
+
+    python benchmarks/distill_step.py                         # CPU, CIFAR ResNet-18, batch 64
+    python benchmarks/distill_step.py --device cuda --amp --model resnet50_in1k --batch 128
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+MODELS = {
+    # name: (backbone, neck, head, input size)
+    'resnet18_cifar': (dict(type='ResNet_CIFAR', depth=18),
+                       dict(type='GlobalAveragePooling'),
+                       dict(type='LinearClsHead', num_classes=100,
+                            in_channels=512), 32),
+    'resnet50_in1k': (dict(type='ResNet', depth=50),
+                      dict(type='GlobalAveragePooling'),
+                      dict(type='LinearClsHead', num_classes=1000,
+                           in_channels=2048), 224),
+}
+PREPROCESSOR = dict(
+    type='ClsDataPreprocessor',
+    mean=[125.3, 123.0, 113.9],
+    std=[63.0, 62.1, 66.7],
+    to_rgb=False)
+
+
+def classifier_cfg(name):
+    backbone, neck, head, _ = MODELS[name]
+    return dict(type='ImageClassifier', backbone=backbone, neck=neck,
+                head=head, data_preprocessor=dict(PREPROCESSOR))
+
+
+def make_batch(name, batch, seed=0):
+    import torch
+    from mmpretrain.structures import DataSample
+    size = MODELS[name][3]
+    num_classes = MODELS[name][2]['num_classes']
+    g = torch.Generator().manual_seed(seed)
+    inputs = [
+        torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=g)
+        for _ in range(batch)
+    ]
+    labels = torch.randint(0, num_classes, (batch, ), generator=g)
+    samples = [DataSample().set_gt_label(int(y)) for y in labels]
+    return dict(inputs=inputs, data_samples=samples)
+
+
+def build_variant(args, workdir):
+    """Returns (step function, the module(s) that train)."""
+    import torch
+    from mmengine.optim import build_optim_wrapper
+    from mmpretrain.registry import MODELS as REG
+
+    import mmtolerant  # noqa: F401
+    device = torch.device(args.device)
+    optim_cfg = dict(
+        type='AmpOptimWrapper' if args.amp else 'OptimWrapper',
+        optimizer=dict(type='SGD', lr=0.01, momentum=0.9,
+                       weight_decay=1e-4))
+    if args.amp:
+        optim_cfg['dtype'] = 'bfloat16' if args.device == 'cpu' else None
+    teacher_ckpt = os.path.join(workdir, 'teacher.pth')
+    if args.variant in ('distill', 'handkd', 'torchdistill') \
+            and not os.path.exists(teacher_ckpt):
+        torch.manual_seed(1)
+        teacher = REG.build(classifier_cfg(args.model))
+        torch.save({'state_dict': teacher.state_dict()}, teacher_ckpt)
+    torch.manual_seed(0)
+
+    if args.variant == 'plain':
+        model = REG.build(classifier_cfg(args.model)).to(device)
+    elif args.variant == 'distill':
+        cfg = classifier_cfg(args.model)
+        cfg.update(type='DistillImageClassifier', lam=0.5,
+                   teacher=dict(config=classifier_cfg(args.model),
+                                checkpoint=teacher_ckpt))
+        model = REG.build(cfg).to(device)
+    if args.variant in ('plain', 'distill'):
+        model.train()
+        optim = build_optim_wrapper(model, optim_cfg)
+        return (lambda batch: model.train_step(batch, optim)), model
+
+    # Hand-written KD and torchdistill: the same student and teacher, the
+    # preprocessing done by the student's preprocessor.
+    import torch.nn.functional as F
+    student = REG.build(classifier_cfg(args.model)).to(device).train()
+    teacher = REG.build(classifier_cfg(args.model))
+    teacher.load_state_dict(torch.load(teacher_ckpt)['state_dict'])
+    teacher = teacher.to(device).eval().requires_grad_(False)
+    sgd = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9,
+                          weight_decay=1e-4)
+    if args.variant == 'handkd':
+
+        def step(batch):
+            data = student.data_preprocessor(batch, True)
+            x = data['inputs']
+            y = torch.cat([s.gt_label for s in data['data_samples']])
+            s_logits = student(x, mode='tensor')
+            with torch.no_grad():
+                t_logits = teacher(x, mode='tensor')
+            loss = 0.5 * F.cross_entropy(s_logits, y) + 0.5 * F.kl_div(
+                F.log_softmax(s_logits, 1), F.log_softmax(t_logits, 1),
+                reduction='batchmean', log_target=True)
+            sgd.zero_grad(set_to_none=True)
+            loss.backward()
+            sgd.step()
+            return loss
+
+        return step, student
+
+    if args.variant == 'torchdistill':
+        from torchdistill.losses.mid_level import KDLoss
+        criterion = KDLoss(student_module_path='.', student_module_io='output',
+                           teacher_module_path='.', teacher_module_io='output',
+                           temperature=1.0, alpha=0.5)
+
+        def step(batch):
+            data = student.data_preprocessor(batch, True)
+            x = data['inputs']
+            y = torch.cat([s.gt_label for s in data['data_samples']])
+            s_logits = student(x, mode='tensor')
+            with torch.no_grad():
+                t_logits = teacher(x, mode='tensor')
+            io = {'.': {'output': s_logits}}
+            loss = criterion(io, {'.': {'output': t_logits}}, y)
+            sgd.zero_grad(set_to_none=True)
+            loss.backward()
+            sgd.step()
+            return loss
+
+        return step, student
+    raise ValueError(f'unknown variant {args.variant!r}')
+
+
+def measure(args):
+    """Child process: time ``steps`` steps after ``warmup``; print JSON."""
+    import torch
+    torch.set_num_threads(args.threads)
+    step, _ = build_variant(args, args.workdir)
+    batch = make_batch(args.model, args.batch)
+    cuda = args.device == 'cuda'
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    if cuda:
+        batch = {
+            'inputs': [t.cuda() for t in batch['inputs']],
+            'data_samples': batch['data_samples']
+        }
+    for _ in range(args.warmup):
+        step(batch)
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        step(batch)
+        sync()
+        times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() if cuda else \
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print('RESULT ' + json.dumps(dict(times=times, peak_bytes=peak)))
+
+
+def available_variants(requested):
+    out = []
+    for v in requested:
+        if v == 'torchdistill':
+            try:
+                import torchdistill  # noqa: F401
+            except ImportError:
+                print('torchdistill is not installed: skipped')
+                continue
+        out.append(v)
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--model', choices=sorted(MODELS),
+                        default='resnet18_cifar')
+    parser.add_argument('--batch', type=int, default=64)
+    parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
+    parser.add_argument('--amp', action='store_true',
+                        help='mixed precision (bf16 on CPU, fp16 on CUDA)')
+    parser.add_argument('--threads', type=int, default=os.cpu_count(),
+                        help='torch threads per process (logged)')
+    parser.add_argument('--steps', type=int, default=10,
+                        help='timed steps per round and variant')
+    parser.add_argument('--warmup', type=int, default=3)
+    parser.add_argument('--rounds', type=int, default=3)
+    parser.add_argument('--variants', nargs='+',
+                        default=['plain', 'distill', 'handkd', 'torchdistill'])
+    parser.add_argument('--out', help='write the results as JSON here')
+    parser.add_argument('--variant', help=argparse.SUPPRESS)
+    parser.add_argument('--workdir', help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.variant:
+        return measure(args)
+
+    variants = available_variants(args.variants)
+    print(f'model {args.model}, batch {args.batch}, device {args.device}, '
+          f'amp {args.amp}, {args.threads} threads per process, '
+          f'{args.rounds} rounds x {args.steps} steps after {args.warmup} '
+          'warm-up steps, variants in turn')
+    results = {v: dict(times=[], peaks=[]) for v in variants}
+    with tempfile.TemporaryDirectory() as workdir:
+        for r in range(args.rounds):
+            for v in variants:
+                cmd = [
+                    sys.executable, __file__, '--variant', v, '--workdir',
+                    workdir, '--model', args.model, '--batch',
+                    str(args.batch), '--device', args.device, '--threads',
+                    str(args.threads), '--steps',
+                    str(args.steps), '--warmup',
+                    str(args.warmup)
+                ] + (['--amp'] if args.amp else [])
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                line = [
+                    x for x in proc.stdout.splitlines()
+                    if x.startswith('RESULT ')
+                ]
+                if proc.returncode or not line:
+                    raise SystemExit(f'{v} failed:\n{proc.stderr[-3000:]}')
+                out = json.loads(line[0][len('RESULT '):])
+                results[v]['times'] += out['times']
+                results[v]['peaks'].append(out['peak_bytes'])
+                print(f'  round {r + 1} {v:>12}: median '
+                      f'{statistics.median(out["times"]) * 1000:.1f} ms/step')
+    base = statistics.median(results['plain']['times'])
+    base_peak = max(results['plain']['peaks'])
+    rows = []
+    print('\n| variant | ms/step (median) | images/s | time vs plain | '
+          'peak memory (MiB) | memory vs plain |')
+    print('| --- | --- | --- | --- | --- | --- |')
+    for v in variants:
+        med = statistics.median(results[v]['times'])
+        peak = max(results[v]['peaks'])
+        row = dict(variant=v, ms_per_step=med * 1000,
+                   images_per_s=args.batch / med, time_ratio=med / base,
+                   peak_mib=peak / 2**20, memory_ratio=peak / base_peak,
+                   steps=len(results[v]['times']))
+        rows.append(row)
+        print(f"| {v} | {row['ms_per_step']:.1f} | {row['images_per_s']:.1f} "
+              f"| {row['time_ratio']:.3f} | {row['peak_mib']:.0f} | "
+              f"{row['memory_ratio']:.3f} |")
+    if args.out:
+        with open(args.out, 'w') as f:
+            json.dump(dict(settings=vars(args), rows=rows), f, indent=2)
+
+
+if __name__ == '__main__':
+    main()
