@@ -449,3 +449,22 @@ def test_one_ranks_failure_stops_the_ddp_chain_with_its_error(
     assert 'rank 1 broke in generation 1' in proc.stdout + proc.stderr
     assert (tmp_path / 'wd' / 'gen_0' / 'generation.json').is_file()
     assert not (tmp_path / 'wd' / 'gen_1' / 'generation.json').exists()
+
+
+def test_plot_chains_tool_compares_chains_side_by_side(chain, tmp_path,
+                                                      python):
+    work_dir, records = chain
+    proc = run_tool([
+        python, 'tools/analysis/plot_chains.py',
+        str(work_dir),
+        str(work_dir), '--labels', 'strict', 'TSD', '--out',
+        str(tmp_path / 'chains.png'), '--table',
+        str(tmp_path / 'chains.md')
+    ])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / 'chains.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    table = (tmp_path / 'chains.md').read_text().splitlines()
+    assert 'strict top-1' in table[0] and 'TSD ensemble' in table[0]
+    last = table[-1].split('|')
+    assert last[1].strip() == 'M2'
+    assert float(last[2]) == pytest.approx(records[2]['top1'], abs=0.005)

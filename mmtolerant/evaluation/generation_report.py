@@ -146,30 +146,40 @@ def render_markdown(records: List[dict], title: str) -> str:
 
 def plot_chains(chains: Dict[str, List[dict]], path: str,
                 title: Optional[str] = None) -> None:
-    """Top-1 per generation (solid) and of the ensemble 1..m (dashed) for
-    one or several chains, side by side in one figure."""
+    """Left: top-1 per generation (solid) and of the ensemble M1..Mm
+    (dashed). Right: the mean top-1 probability (how confident, i.e. how
+    little secondary information each generation keeps). One colour per
+    chain, so several chains compare side by side."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    fig, (ax, ax_conf) = plt.subplots(1, 2, figsize=(10, 4.0), dpi=120)
+    single = len(chains) == 1
     for i, (name, records) in enumerate(chains.items()):
         color = f'C{i}'
         gens = [r['generation'] for r in records]
         ax.plot(gens, [r['top1'] for r in records], 'o-', color=color,
-                label=f'{name}')
+                label='Mm' if single else name)
         ens = [(r['generation'], r['ensemble_top1']) for r in records
                if r.get('ensemble_top1') is not None and r['generation'] > 0]
         if ens:
             ax.plot(*zip(*ens), 's--', color=color, alpha=0.6,
-                    label=f'{name}: ensemble M1..Mm')
-    ax.set_xlabel('generation m')
-    ax.set_ylabel('top-1 accuracy (%)')
-    ax.set_xticks(sorted({r['generation'] for rs in chains.values()
-                          for r in rs}))
-    ax.grid(alpha=0.3)
+                    label='ensemble M1..Mm' if single else
+                    f'{name}: ensemble M1..Mm')
+        ax_conf.plot(gens, [r['mean_top1_prob'] for r in records], 'o-',
+                     color=color, label=None if single else name)
+    all_gens = sorted({r['generation'] for rs in chains.values() for r in rs})
+    ax.set_ylabel('top-1 accuracy on the test split (%)')
+    ax_conf.set_ylabel('mean top-1 probability')
+    for a in (ax, ax_conf):
+        a.set_xlabel('generation m')
+        a.set_xticks(all_gens)
+        a.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    if not single:
+        ax_conf.legend(fontsize=8)
     if title:
-        ax.set_title(title)
+        fig.suptitle(title)
     fig.tight_layout()
     tmp = f'{path}.tmp-{os.getpid()}.png'
     fig.savefig(tmp)
