@@ -468,3 +468,28 @@ def test_plot_chains_tool_compares_chains_side_by_side(chain, tmp_path,
     last = table[-1].split('|')
     assert last[1].strip() == 'M2'
     assert float(last[2]) == pytest.approx(records[2]['top1'], abs=0.005)
+
+
+def test_secondary_info_tool_reads_a_chains_saved_predictions(
+        chain, tmp_path, python):
+    from mmtolerant.evaluation.secondary_info import secondary_info
+    work_dir, records = chain
+    proc = run_tool([
+        python, 'tools/analysis/secondary_info.py',
+        str(work_dir), '--labels', 'tsd', '--groups', 'fashion_mnist',
+        '--k', '3', '--out-dir',
+        str(tmp_path / 'si')
+    ])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(tmp_path / 'si' / 'secondary_info.json') as f:
+        rows = json.load(f)['rows']
+    assert [r['name'] for r in rows] == ['tsd M0', 'tsd M1', 'tsd M2']
+    for m, row in enumerate(rows):
+        with np.load(work_dir / f'gen_{m}' / 'test_predictions.npz') as d:
+            expected = secondary_info(d['scores'], 3, [0, 1, 0, 0, 0, 2, 0,
+                                                        2, 3, 2])
+        for key, value in expected.items():
+            assert row[key] == pytest.approx(value)
+        assert row['mean_top1_prob'] == pytest.approx(
+            records[m]['mean_top1_prob'], abs=1e-6)
+    assert (tmp_path / 'si' / 'secondary_info.png').is_file()

@@ -1,0 +1,153 @@
+"""Secondary information of models: per generation of chains, or of
+checkpoints.
+
+    # chains (reads gen_<m>/test_predictions.npz; no model is run)
+    python tools/analysis/secondary_info.py work_dirs/strict_chain_r18n_fmnist \
+        work_dirs/tsd_chain_r18n_fmnist --labels strict TSD \
+        --groups fashion_mnist --k 3 --out-dir secondary_info/
+    # checkpoints, evaluated on the config's test set
+    python tools/analysis/secondary_info.py --config CONFIG \
+        --checkpoints a.pth b.pth --groups cifar100 --k 5
+
+--groups: 'cifar100' (its 20 superclasses), 'fashion_mnist' (tops,
+footwear, trouser, bag) or a JSON file (a list: the group of each class
+index; or a dict {class index: group}). Writes secondary_info.md/.json/.png
+to --out-dir and prints the table.
+"""
+import argparse
+import glob
+import json
+import os
+import os.path as osp
+import re
+
+import numpy as np
+
+from mmtolerant.evaluation.generation_report import (PREDICTIONS,
+                                                     load_predictions,
+                                                     topk_accuracy)
+from mmtolerant.evaluation.secondary_info import (load_groups,
+                                                  secondary_info,
+                                                  secondary_info_table)
+
+
+def chain_predictions(work_dir):
+    found = []
+    for path in glob.glob(osp.join(work_dir, 'gen_*', PREDICTIONS)):
+        m = re.fullmatch(r'gen_(\d+)', osp.basename(osp.dirname(path)))
+        if m:
+            found.append((int(m.group(1)), path))
+    if not found:
+        raise SystemExit(f'{work_dir}: no gen_<m>/{PREDICTIONS}; is it a '
+                         'chain work_dir with a finished generation?')
+    return [(m, load_predictions(p)) for m, p in sorted(found)]
+
+
+def checkpoint_predictions(config, checkpoints):
+    import torch
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+    from mmpretrain.registry import MODELS
+
+    import mmtolerant  # noqa: F401
+    from mmtolerant.evaluation.generation_report import predict_scores
+    from mmtolerant.utils import extract_state_dict, safe_torch_load
+    from mmtolerant.utils.export import plain_model_cfg
+    cfg = Config.fromfile(config)
+    loader_cfg = cfg.get('test_dataloader') or cfg.val_dataloader
+    loader_cfg.sampler = dict(type='DefaultSampler', shuffle=False)
+    loader = Runner.build_dataloader(loader_cfg)
+    out = []
+    for i, ckpt in enumerate(checkpoints):
+        model = MODELS.build(plain_model_cfg(cfg))
+        model.load_state_dict(
+            extract_state_dict(safe_torch_load(ckpt), ckpt), strict=True)
+        with torch.no_grad():
+            out.append((i, predict_scores(model, loader)))
+    return out
+
+
+def plot(rows_by_chain, path, has_groups):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    panels = ['mean_top1_prob', 'secondary_mass'] + (['group_lift']
+                                                     if has_groups else [])
+    titles = dict(mean_top1_prob='mean top-1 probability',
+                  secondary_mass='top-K secondary mass',
+                  group_lift='secondary classes in the primary\'s group\n'
+                  '(ratio to chance)')
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6),
+                             dpi=120)
+    for ax, key in zip(axes, panels):
+        for i, (name, rows) in enumerate(rows_by_chain.items()):
+            ax.plot([r['index'] for r in rows], [r[key] for r in rows], 'o-',
+                    color=f'C{i}', label=name)
+        ax.set_title(titles[key], fontsize=9)
+        ax.set_xlabel('generation m')
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('work_dirs', nargs='*', help='chain work_dirs')
+    parser.add_argument('--labels', nargs='+', help='a name per work_dir')
+    parser.add_argument('--config', help='config for --checkpoints')
+    parser.add_argument('--checkpoints', nargs='+', default=[])
+    parser.add_argument('--groups', help='cifar100, fashion_mnist or a JSON '
+                        'file; without it, no group statistics')
+    parser.add_argument('--k', type=int, default=3,
+                        help='classes kept, primary included (default 3)')
+    parser.add_argument('--out-dir', default='secondary_info')
+    args = parser.parse_args()
+    if not args.work_dirs and not args.checkpoints:
+        parser.error('give chain work_dirs or --config with --checkpoints')
+    if args.checkpoints and not args.config:
+        parser.error('--checkpoints needs --config')
+    groups = load_groups(args.groups) if args.groups else None
+
+    sources = {}
+    labels = args.labels or [
+        osp.basename(osp.normpath(d)) for d in args.work_dirs
+    ]
+    if len(labels) != len(args.work_dirs):
+        parser.error(f'{len(args.work_dirs)} work_dirs but {len(labels)} '
+                     'labels')
+    for label, work_dir in zip(labels, args.work_dirs):
+        sources[label] = chain_predictions(work_dir)
+    if args.checkpoints:
+        sources['checkpoints'] = checkpoint_predictions(
+            args.config, args.checkpoints)
+
+    rows_by_chain, all_rows = {}, []
+    for label, preds in sources.items():
+        rows = []
+        for index, (scores, y) in preds:
+            name = (f'{label} M{index}' if label != 'checkpoints' else
+                    osp.basename(args.checkpoints[index]))
+            row = dict(name=name, source=label, index=index,
+                       top1=topk_accuracy(scores, y, 1),
+                       **secondary_info(scores, args.k, groups))
+            rows.append(row)
+        rows_by_chain[label] = rows
+        all_rows += rows
+    os.makedirs(args.out_dir, exist_ok=True)
+    table = secondary_info_table(all_rows, groups is not None)
+    print(table)
+    with open(osp.join(args.out_dir, 'secondary_info.md'), 'w') as f:
+        f.write(f'Secondary information, K={args.k}, groups='
+                f'{args.groups}\n\n{table}\n')
+    with open(osp.join(args.out_dir, 'secondary_info.json'), 'w') as f:
+        json.dump(dict(k=args.k, groups=args.groups, rows=all_rows), f,
+                  indent=2)
+    plot(rows_by_chain, osp.join(args.out_dir, 'secondary_info.png'),
+         groups is not None)
+    print(f'wrote {args.out_dir}/secondary_info.{{md,json,png}}')
+
+
+if __name__ == '__main__':
+    main()
