@@ -493,3 +493,52 @@ def test_secondary_info_tool_reads_a_chains_saved_predictions(
         assert row['mean_top1_prob'] == pytest.approx(
             records[m]['mean_top1_prob'], abs=1e-6)
     assert (tmp_path / 'si' / 'secondary_info.png').is_file()
+
+
+def test_linear_probe_tool_equals_a_probe_fitted_by_hand(chain, tmp_path,
+                                                        python):
+    from mmengine.dataset import pseudo_collate
+    from mmpretrain.apis import init_model
+    from mmpretrain.registry import DATASETS
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+    work_dir, _ = chain
+    probe = tmp_path / 'probe.py'
+    probe.write_text(
+        "pipeline = [dict(type='PackInputs')]\n"
+        "probe_train = dict(type='SklearnDigits', split='train', "
+        "test_fraction=0.5, seed=3, pipeline=pipeline)\n"
+        "probe_test = dict(type='SklearnDigits', split='test', "
+        "test_fraction=0.5, seed=3, pipeline=pipeline)\n")
+    proc = run_tool([
+        python, 'tools/analysis/linear_probe.py',
+        str(work_dir), '--labels', 'tsd', '--probe',
+        str(probe), '--out',
+        str(tmp_path / 'probe.json')
+    ])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(tmp_path / 'probe.json') as f:
+        rows = json.load(f)['rows']
+    assert [r['model'] for r in rows] == ['tsd M0', 'tsd M1', 'tsd M2']
+
+    gen = work_dir / 'gen_2'
+    model = init_model(str(gen / 'exported_model.py'),
+                       str(gen / 'exported_model.pth'))
+    split = {}
+    for name in ('train', 'test'):
+        ds = DATASETS.build(dict(type='SklearnDigits', split=name,
+                                 test_fraction=0.5, seed=3,
+                                 pipeline=[dict(type='PackInputs')]))
+        data = model.data_preprocessor(
+            pseudo_collate([ds[i] for i in range(len(ds))]), False)
+        with torch.no_grad():
+            x = model.neck(model.backbone(data['inputs']))[-1].numpy()
+        y = np.array([int(d.gt_label) for d in data['data_samples']])
+        split[name] = (x, y)
+    scaler = StandardScaler().fit(split['train'][0])
+    clf = LogisticRegression(max_iter=2000, random_state=0).fit(
+        scaler.transform(split['train'][0]), split['train'][1])
+    expected = 100 * clf.score(scaler.transform(split['test'][0]),
+                               split['test'][1])
+    assert rows[2]['probe_top1'] == pytest.approx(expected, abs=1e-6)
+    assert rows[2]['feature_dim'] == 64

@@ -1,0 +1,104 @@
+"""Linear-probe transfer of each generation of chains (or of checkpoints).
+
+Frozen pre-logit features of each model on a second dataset; a logistic
+regression (scikit-learn) fitted on its training split, scored on its test
+split. The probe data comes from a config defining ``probe_train`` and
+``probe_test`` datasets, e.g. scikit-learn's digits at 28x28 for
+Fashion-MNIST models:
+
+    python tools/analysis/linear_probe.py work_dirs/strict_chain_r18n_fmnist \
+        work_dirs/tsd_chain_r18n_fmnist --labels strict TSD \
+        --probe configs/_base_/datasets/digits_probe_28px.py --out probe.json
+
+For CIFAR-100 models, a probe config on CIFAR-10 (for users who have it):
+    probe_train = dict(type='CIFAR10', data_root='data/cifar10', split='train',
+                       pipeline=[dict(type='PackInputs')])
+"""
+import argparse
+import glob
+import json
+import os.path as osp
+import re
+
+import torch
+
+
+def exported_models(work_dir):
+    found = []
+    for path in glob.glob(osp.join(work_dir, 'gen_*', 'exported_model.pth')):
+        m = re.fullmatch(r'gen_(\d+)', osp.basename(osp.dirname(path)))
+        if m:
+            found.append((f'M{m.group(1)}', path,
+                          osp.join(osp.dirname(path), 'exported_model.py')))
+    if not found:
+        raise SystemExit(f'{work_dir}: no gen_<m>/exported_model.pth')
+    return sorted(found, key=lambda x: int(x[0][1:]))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('work_dirs', nargs='*', help='chain work_dirs')
+    parser.add_argument('--labels', nargs='+')
+    parser.add_argument('--checkpoints', nargs='+', default=[],
+                        help='exported_model.pth files (their .py beside)')
+    parser.add_argument('--probe', required=True,
+                        help='config with probe_train and probe_test')
+    parser.add_argument('--batch-size', type=int, default=256)
+    parser.add_argument('--c', type=float, default=1.0,
+                        help='inverse regularisation of the probe')
+    parser.add_argument('--out', help='write the rows to this JSON file')
+    args = parser.parse_args()
+
+    from mmengine.config import Config
+    from mmengine.dataset import pseudo_collate
+    from mmengine.registry import DefaultScope
+    from mmpretrain.registry import DATASETS, MODELS
+
+    import mmtolerant  # noqa: F401
+    from mmtolerant.evaluation.linear_probe import (extract_features,
+                                                    probe_accuracy)
+    from mmtolerant.utils import extract_state_dict, safe_torch_load
+
+    probe = Config.fromfile(args.probe)
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        datasets = {
+            split: DATASETS.build(probe[f'probe_{split}'])
+            for split in ('train', 'test')
+        }
+    loaders = {
+        split: torch.utils.data.DataLoader(
+            ds, batch_size=args.batch_size, shuffle=False,
+            collate_fn=pseudo_collate)
+        for split, ds in datasets.items()
+    }
+
+    models = []
+    labels = args.labels or [osp.basename(osp.normpath(d))
+                             for d in args.work_dirs]
+    for label, work_dir in zip(labels, args.work_dirs):
+        models += [(f'{label} {name}', ckpt, cfg)
+                   for name, ckpt, cfg in exported_models(work_dir)]
+    for ckpt in args.checkpoints:
+        models.append((osp.basename(ckpt), ckpt,
+                       osp.splitext(ckpt)[0] + '.py'))
+
+    rows = []
+    print('| model | linear-probe top-1 |\n| --- | --- |')
+    for name, ckpt, cfg_path in models:
+        cfg = Config.fromfile(cfg_path)
+        with DefaultScope.overwrite_default_scope('mmpretrain'):
+            model = MODELS.build(cfg.model)
+        model.load_state_dict(
+            extract_state_dict(safe_torch_load(ckpt), ckpt), strict=True)
+        feats = {s: extract_features(model, l) for s, l in loaders.items()}
+        acc = probe_accuracy(feats['train'], feats['test'], c=args.c)
+        rows.append(dict(model=name, checkpoint=ckpt, probe_top1=acc,
+                         feature_dim=int(feats['train'][0].shape[1])))
+        print(f'| {name} | {acc:.2f} |', flush=True)
+    if args.out:
+        with open(args.out, 'w') as f:
+            json.dump(dict(probe=args.probe, rows=rows), f, indent=2)
+
+
+if __name__ == '__main__':
+    main()
