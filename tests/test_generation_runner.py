@@ -542,3 +542,34 @@ def test_linear_probe_tool_equals_a_probe_fitted_by_hand(chain, tmp_path,
                                split['test'][1])
     assert rows[2]['probe_top1'] == pytest.approx(expected, abs=1e-6)
     assert rows[2]['feature_dim'] == 64
+
+
+def test_sweep_tool_runs_a_grid_collects_reports_and_skips_finished_runs(
+        tmp_path, python):
+    args = [
+        python, 'tools/analysis/sweep.py', CHAIN, '--grid',
+        'generations.teacher_loss.eta=0.5,1.0', '--seeds', '0',
+        '--cfg-options', 'train_cfg.max_epochs=1',
+        'generations.num_generations=1', '--work-dir',
+        str(tmp_path / 'sweep')
+    ]
+    first = run_tool(args)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    with open(tmp_path / 'sweep' / 'sweep.json') as f:
+        sweep = json.load(f)
+    assert [r['setting'] for r in sweep['runs']] == [
+        {'generations.teacher_loss.eta': '0.5'},
+        {'generations.teacher_loss.eta': '1.0'}
+    ]
+    for row in sweep['runs']:
+        eta = row['setting']['generations.teacher_loss.eta']
+        with open(tmp_path / 'sweep' / f'eta{eta}_seed0' /
+                  'generations.json') as f:
+            records = json.load(f)
+        assert row['final_top1'] == records[-1]['top1']
+        assert row['m0_mean_top1_prob'] == records[0]['mean_top1_prob']
+        assert f'eta={eta}' in records[0]['trained_with']
+    assert (tmp_path / 'sweep' / 'sweep.png').is_file()
+    again = run_tool(args)
+    assert again.returncode == 0
+    assert again.stdout.count('finished earlier') == 2
