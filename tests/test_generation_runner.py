@@ -69,7 +69,7 @@ def test_chain_trains_every_generation_with_its_role(chain):
     with open(work_dir / 'generations.json') as f:
         assert json.load(f) == records
     md = (work_dir / 'generations.md').read_text()
-    assert md.count('| M') == 3 and 'TSDLoss(eta=0.5, k=3)' in md
+    assert md.count('| M') == 3 and 'TSDLoss(eta=0.7, k=3)' in md
 
 
 def test_each_teacher_is_the_previous_generations_export_bit_for_bit(chain):
