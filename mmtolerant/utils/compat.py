@@ -64,33 +64,18 @@ def _patch_ddp_device_ids() -> None:
     MMDistributedDataParallel.__init__ = __init__
 
 
-def _atomic_write(filepath, data, mode: str, encoding=None) -> None:
-    import os
-    import os.path as osp
-    filepath = os.fspath(filepath)
-    os.makedirs(osp.dirname(osp.abspath(filepath)), exist_ok=True)
-    tmp = f'{filepath}.tmp-{os.getpid()}'
-    try:
-        with open(tmp, mode, encoding=encoding) as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, filepath)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _patch_atomic_local_writes() -> None:
     from mmengine.fileio.backends.local_backend import LocalBackend
+
+    from .fileio import atomic_write
     if getattr(LocalBackend.put, '_mmtolerant_patched', False):
         return
 
     def put(self, obj: bytes, filepath) -> None:
-        _atomic_write(filepath, obj, 'wb')
+        atomic_write(filepath, obj, 'wb')
 
     def put_text(self, obj: str, filepath, encoding: str = 'utf-8') -> None:
-        _atomic_write(filepath, obj, 'w', encoding=encoding)
+        atomic_write(filepath, obj, 'w', encoding=encoding)
 
     put._mmtolerant_patched = True
     put.__doc__ = LocalBackend.put.__doc__

@@ -8,6 +8,7 @@ that stock mmpretrain builds without mmtolerant installed::
     model = init_model('exported_model.py', 'exported_model.pth')
 """
 import copy
+import io
 import os
 import os.path as osp
 from typing import Any, Dict, Optional, Tuple
@@ -15,6 +16,8 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 import torch.nn as nn
 from mmengine.config import Config, ConfigDict
+
+from .fileio import atomic_write
 
 EXPORT_CKPT = 'exported_model.pth'
 EXPORT_CFG = 'exported_model.py'
@@ -81,23 +84,14 @@ def _plain_meta(dataset_meta: Optional[dict]) -> Dict[str, Any]:
 
 
 def atomic_torch_save(obj: Any, path: str) -> None:
-    """Write ``obj`` so that a kill never leaves a truncated file at
-    ``path``: write a sibling temporary file, flush it, then rename."""
-    tmp = f'{path}.tmp-{os.getpid()}'
-    with open(tmp, 'wb') as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """``torch.save`` that a kill never leaves half written."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, buffer.getvalue(), 'wb')
 
 
 def atomic_write_text(text: str, path: str) -> None:
-    tmp = f'{path}.tmp-{os.getpid()}'
-    with open(tmp, 'w', encoding='utf-8') as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, text, 'w', encoding='utf-8')
 
 
 def export_plain_model(cfg: Config,
