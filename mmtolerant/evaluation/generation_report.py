@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .secondary_info import secondary_info
+
 PREDICTIONS = 'test_predictions.npz'
 REPORT_JSON = 'generations.json'
 REPORT_MD = 'generations.md'
@@ -73,47 +75,19 @@ def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
 
 def prediction_stats(scores: np.ndarray, labels: np.ndarray,
                      k: int) -> Dict[str, float]:
-    """Accuracy and how much secondary information the predictions carry.
-
-    - ``mean_top1_prob``: mean of the largest probability.
-    - ``entropy``: mean entropy (nats) of the predicted distribution.
-    - ``secondary_mass``: mean probability held by the classes ranked 2..k.
-    """
-    p = np.clip(scores.astype(np.float64), 0, 1)
-    p = p / p.sum(axis=1, keepdims=True)
-    ranked = -np.sort(-p, axis=1)
-    with np.errstate(divide='ignore', invalid='ignore'):
-        ent = -np.where(p > 0, p * np.log(p), 0.0).sum(axis=1)
+    """Top-1/top-5 accuracy plus the secondary information of
+    :func:`mmtolerant.evaluation.secondary_info.secondary_info` (mean top-1
+    probability, entropy, mass of the classes ranked 2..k)."""
     return dict(
-        top1=topk_accuracy(p, labels, 1),
-        top5=topk_accuracy(p, labels, 5),
-        mean_top1_prob=float(ranked[:, 0].mean()),
-        entropy=float(ent.mean()),
-        secondary_mass=float(ranked[:, 1:k].sum(axis=1).mean()),
-    )
+        top1=topk_accuracy(scores, labels, 1),
+        top5=topk_accuracy(scores, labels, 5),
+        **secondary_info(scores, k))
 
 
 def ensemble_scores(all_scores: Sequence[np.ndarray]) -> np.ndarray:
     """The average prediction of several models."""
     return np.mean(np.stack([s.astype(np.float64) for s in all_scores]),
                    axis=0)
-
-
-def ensemble_accuracy(work_dir: str, generations: Sequence[int],
-                      topk: int = 1) -> float:
-    """Top-k accuracy of the average prediction of ``generations``."""
-    labels = None
-    scores = []
-    for m in generations:
-        s, y = load_predictions(osp.join(work_dir, f'gen_{m}', PREDICTIONS))
-        if labels is not None and not np.array_equal(labels, y):
-            raise ValueError(f'generation {m} was evaluated on other samples '
-                             'than the previous ones')
-        labels = y
-        scores.append(s)
-    if not scores:
-        raise ValueError('no generations given')
-    return topk_accuracy(ensemble_scores(scores), labels, topk)
 
 
 def _fmt(value, digits=2):
