@@ -8,9 +8,11 @@ ensembles of any set of generations can be evaluated later without
 re-running a model (``tools/analysis/ensemble.py``) and give the same
 numbers.
 """
+import glob
 import json
 import os
 import os.path as osp
+import re
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -47,6 +49,18 @@ def predict_scores(model: torch.nn.Module,
 
 
 FLOAT32_LIMIT = 20_000_000
+
+
+def generation_paths(work_dir: str, name: str = '') -> List[Tuple[int, str]]:
+    """``[(m, path)]`` of the existing ``work_dir/gen_<m>/<name>``, by m
+    (with ``name=''``: the generation folders themselves)."""
+    found = []
+    for path in glob.glob(osp.join(work_dir, 'gen_*', name)):
+        gen_dir = osp.dirname(path) if name else path.rstrip(os.sep)
+        match = re.fullmatch(r'gen_(\d+)', osp.basename(gen_dir))
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
 
 
 def save_predictions(path: str, scores: np.ndarray,

@@ -9,24 +9,18 @@ test set (saved by the chain in gen_<m>/test_predictions.npz).
     python tools/analysis/ensemble.py WORK_DIR --sets 1,2,3 0,3 --out ens.json
 """
 import argparse
-import glob
 import json
 import os.path as osp
-import re
 
 from mmtolerant.evaluation.generation_report import (PREDICTIONS,
                                                      ensemble_scores,
+                                                     generation_paths,
                                                      load_predictions,
                                                      topk_accuracy)
 
 
 def finished_generations(work_dir):
-    gens = []
-    for path in glob.glob(osp.join(work_dir, 'gen_*', PREDICTIONS)):
-        found = re.fullmatch(r'gen_(\d+)', osp.basename(osp.dirname(path)))
-        if found:
-            gens.append(int(found.group(1)))
-    return sorted(gens)
+    return [m for m, _ in generation_paths(work_dir, PREDICTIONS)]
 
 
 def parse_set(text):

@@ -15,24 +15,19 @@ For CIFAR-100 models, a probe config on CIFAR-10 (for users who have it):
                        pipeline=[dict(type='PackInputs')])
 """
 import argparse
-import glob
 import json
 import os.path as osp
-import re
 
 import torch
 
 
 def exported_models(work_dir):
-    found = []
-    for path in glob.glob(osp.join(work_dir, 'gen_*', 'exported_model.pth')):
-        m = re.fullmatch(r'gen_(\d+)', osp.basename(osp.dirname(path)))
-        if m:
-            found.append((f'M{m.group(1)}', path,
-                          osp.join(osp.dirname(path), 'exported_model.py')))
+    from mmtolerant.evaluation.generation_report import generation_paths
+    found = [(f'M{m}', path, osp.join(osp.dirname(path), 'exported_model.py'))
+             for m, path in generation_paths(work_dir, 'exported_model.pth')]
     if not found:
         raise SystemExit(f'{work_dir}: no gen_<m>/exported_model.pth')
-    return sorted(found, key=lambda x: int(x[0][1:]))
+    return found
 
 
 def main():

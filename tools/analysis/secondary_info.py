@@ -15,15 +15,14 @@ index; or a dict {class index: group}). Writes secondary_info.md/.json/.png
 to --out-dir and prints the table.
 """
 import argparse
-import glob
 import json
 import os
 import os.path as osp
-import re
 
 import numpy as np
 
 from mmtolerant.evaluation.generation_report import (PREDICTIONS,
+                                                     generation_paths,
                                                      load_predictions,
                                                      topk_accuracy)
 from mmtolerant.evaluation.secondary_info import (load_groups,
@@ -32,15 +31,11 @@ from mmtolerant.evaluation.secondary_info import (load_groups,
 
 
 def chain_predictions(work_dir):
-    found = []
-    for path in glob.glob(osp.join(work_dir, 'gen_*', PREDICTIONS)):
-        m = re.fullmatch(r'gen_(\d+)', osp.basename(osp.dirname(path)))
-        if m:
-            found.append((int(m.group(1)), path))
+    found = generation_paths(work_dir, PREDICTIONS)
     if not found:
         raise SystemExit(f'{work_dir}: no gen_<m>/{PREDICTIONS}; is it a '
                          'chain work_dir with a finished generation?')
-    return [(m, load_predictions(p)) for m, p in sorted(found)]
+    return [(m, load_predictions(p)) for m, p in found]
 
 
 def checkpoint_predictions(config, checkpoints):

@@ -19,6 +19,7 @@ from mmpretrain.registry import RUNNERS
 
 from mmtolerant.evaluation.generation_report import (PREDICTIONS,
                                                      ensemble_scores,
+                                                     generation_paths,
                                                      load_predictions,
                                                      predict_scores,
                                                      prediction_stats,
@@ -285,10 +286,7 @@ class GenerationRunner:
     def _check_work_dir(self) -> None:
         """Refuse what would lose or mix results (main process only)."""
         chain_file = osp.join(self.work_dir, CHAIN_FILE)
-        existing = sorted(
-            int(d.rsplit('_', 1)[1])
-            for d in glob.glob(osp.join(self.work_dir, 'gen_*'))
-            if re.fullmatch(r'gen_\d+', osp.basename(d)))
+        existing = [m for m, _ in generation_paths(self.work_dir)]
         if osp.isfile(chain_file):
             with open(chain_file) as f:
                 saved = json.load(f)
