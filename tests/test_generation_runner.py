@@ -141,6 +141,44 @@ def test_saved_predictions_are_those_of_the_exported_models(chain):
     np.testing.assert_allclose(saved, probs.numpy(), atol=1e-3)
 
 
+def test_report_train_and_a_plugin_backbone_chain(tmp_path):
+    """report_train's training-set numbers equal the exported model's own
+    predictions on the training split; a model made of the plugin's own
+    SmallConvNet exports a config that imports mmtolerant and still loads
+    with mmpretrain's init_model."""
+    from mmengine.dataset import pseudo_collate
+    from mmpretrain.apis import init_model
+    from mmpretrain.registry import DATASETS
+    cfg = chain_cfg(tmp_path, **{'generations.num_generations': 1,
+                                 'generations.report_train': True})
+    cfg.model.backbone = dict(type='SmallConvNet', widths=(8, 16))
+    cfg.model.neck = dict(type='GlobalAveragePooling')
+    cfg.model.head.in_channels = 16
+    records = GenerationRunner.from_cfg(cfg).train()
+    gen = tmp_path / 'gen_1'
+    exported = Config.fromfile(str(gen / 'exported_model.py'))
+    assert exported.custom_imports.imports == ['mmtolerant']
+    assert exported.model.backbone.type == 'SmallConvNet'
+    model = init_model(str(gen / 'exported_model.py'),
+                       str(gen / 'exported_model.pth'))
+    dataset = DATASETS.build(
+        dict(type='SklearnDigits', split='train',
+             pipeline=[dict(type='PackInputs')]))
+    batch = model.data_preprocessor(
+        pseudo_collate([dataset[i] for i in range(len(dataset))]), False)
+    with torch.no_grad():
+        probs = torch.softmax(model(batch['inputs'], mode='tensor'), 1)
+    labels = torch.cat([d.gt_label for d in batch['data_samples']])
+    assert records[1]['train_top1'] == pytest.approx(
+        100 * (probs.argmax(1) == labels).float().mean().item(), abs=1e-4)
+    assert records[1]['train_mean_top1_prob'] == pytest.approx(
+        probs.max(1).values.mean().item(), abs=1e-4)
+    for r in records:
+        assert r['build_time_s'] >= 0 and r['finish_time_s'] >= 0
+    with open(tmp_path / 'generations.md') as f:
+        assert '| train top-1 | train mean top-1 prob |' in f.read()
+
+
 # --- bad input stops before any training ---------------------------------
 
 
@@ -159,6 +197,7 @@ def test_saved_predictions_are_those_of_the_exported_models(chain):
     ({'generations.distill_loss.type': 'NoSuchLoss'}, 'NoSuchLoss'),
     ({'generations.teacher_loss.k': 20}, 'k=20 is larger than num_classes=10'),
     ({'generations.report_k': 11}, 'report_k=11'),
+    ({'generations.report_train': 'yes'}, 'report_train must be True or'),
 ])
 def test_generations_section_that_makes_no_sense_is_refused(
         tmp_path, options, match):
@@ -551,7 +590,7 @@ def test_sweep_tool_runs_a_grid_collects_reports_and_skips_finished_runs(
         'generations.teacher_loss.eta=0.5,1.0', '--seeds', '0',
         '--cfg-options', 'train_cfg.max_epochs=1',
         'generations.num_generations=1', '--work-dir',
-        str(tmp_path / 'sweep')
+        str(tmp_path / 'sweep'), '--baseline', 'eta1.0'
     ]
     first = run_tool(args)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
@@ -570,6 +609,38 @@ def test_sweep_tool_runs_a_grid_collects_reports_and_skips_finished_runs(
         assert row['m0_mean_top1_prob'] == records[0]['mean_top1_prob']
         assert f'eta={eta}' in records[0]['trained_with']
     assert (tmp_path / 'sweep' / 'sweep.png').is_file()
+    # Per generation, paired with the baseline run of the same seed.
+    gens = sweep['generations']
+    assert list(gens) == ['eta0.5', 'eta1.0']
+    with open(tmp_path / 'sweep' / 'eta0.5_seed0' / 'generations.json') as f:
+        tsd = json.load(f)
+    with open(tmp_path / 'sweep' / 'eta1.0_seed0' / 'generations.json') as f:
+        strict = json.load(f)
+    for m in range(2):
+        row = gens['eta0.5'][m]
+        assert row['top1'] == [tsd[m]['top1'], 0.0]
+        assert row['top1_minus_baseline'][0] == pytest.approx(
+            tsd[m]['top1'] - strict[m]['top1'])
+        assert 'top1_minus_baseline' not in gens['eta1.0'][m]
+    assert (tmp_path / 'sweep' / 'sweep_generations.png').is_file()
+    assert '(paired)' in (tmp_path / 'sweep' / 'generations.md').read_text()
     again = run_tool(args)
     assert again.returncode == 0
     assert again.stdout.count('finished earlier') == 2
+
+
+def test_sweep_tool_names_runs_of_several_configs_and_checks_the_baseline(
+        tmp_path, python):
+    strict = osp.join(REPO, 'configs', 'fashion_mnist_500',
+                      'strict_chain_cnn_fm500.py')
+    tsd = osp.join(REPO, 'configs', 'fashion_mnist_500',
+                   'tsd_chain_cnn_fm500.py')
+    args = [python, 'tools/analysis/sweep.py', strict, tsd, '--seeds', '0',
+            '1', '--work-dir', str(tmp_path / 'study'), '--dry-run']
+    listed = run_tool(args + ['--baseline', 'strict_chain_cnn_fm500'])
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    for name in ('strict_chain_cnn_fm500_seed0', 'tsd_chain_cnn_fm500_seed1'):
+        assert name in listed.stdout
+    wrong = run_tool(args + ['--baseline', 'strict'])
+    assert wrong.returncode != 0
+    assert "--baseline 'strict' is not one of the settings" in wrong.stderr

@@ -109,22 +109,30 @@ def _fmt(value, digits=2):
 
 
 def render_markdown(records: List[dict], title: str) -> str:
+    train = any('train_top1' in r for r in records)
+    columns = 10 + 2 * train
     lines = [
         f'# {title}', '',
         '| gen | trained with | top-1 | top-5 | ensemble 1..m top-1 | '
         'teacher top-1 | mean top-1 prob | entropy | top-K secondary mass '
-        '| wall time (s) |', '|' + ' --- |' * 10
+        '| ' + ('train top-1 | train mean top-1 prob | ' if train else '') +
+        'wall time (s) |', '|' + ' --- |' * columns
     ]
     for r in records:
+        train_cells = (f"| {_fmt(r.get('train_top1'))} "
+                       f"| {_fmt(r.get('train_mean_top1_prob'), 4)} "
+                       if train else '')
         lines.append(
             f"| M{r['generation']} | {r['trained_with']} | {_fmt(r['top1'])} "
             f"| {_fmt(r['top5'])} | {_fmt(r.get('ensemble_top1'))} "
             f"| {_fmt(r.get('teacher_top1'))} "
             f"| {_fmt(r['mean_top1_prob'], 4)} | {_fmt(r['entropy'], 4)} "
-            f"| {_fmt(r['secondary_mass'], 4)} "
+            f"| {_fmt(r['secondary_mass'], 4)} " + train_cells +
             f"| {_fmt(r.get('wall_time_s'), 0)} |")
     lines += [
-        '', 'Accuracies in % on the test split. The ensemble of M1..Mm '
+        '', 'Accuracies in % on the test split' +
+        (' (train: the training set through the test pipeline)'
+         if train else '') + '. The ensemble of M1..Mm '
         'averages the softmax outputs of the students up to m (for m = 0, '
         'the patriarch alone). Top-K secondary mass: mean probability of '
         'the classes ranked 2..K.', ''

@@ -2,7 +2,9 @@
 
 The export is a weights-only checkpoint (tensors and plain Python values, so
 stock mmpretrain loads it under torch's ``weights_only=True``) and a config
-that stock mmpretrain builds without mmtolerant installed::
+that stock mmpretrain builds without mmtolerant installed (unless the model
+itself is made of the plugin's modules, such as the ``SmallConvNet``
+backbone: then the config imports mmtolerant)::
 
     from mmpretrain.apis import init_model
     model = init_model('exported_model.py', 'exported_model.pth')
@@ -55,15 +57,17 @@ def plain_model_cfg(cfg: Config) -> ConfigDict:
     model = plain_classifier_cfg(cfg.model)
     if 'data_preprocessor' not in model and cfg.get('data_preprocessor'):
         model['data_preprocessor'] = copy.deepcopy(cfg.data_preprocessor)
-    model = _stock_losses(model)
-    leftover = [
-        str(v.get('type')) for v in _walk_dicts(model)
-        if _is_plugin_type(v.get('type'))
-    ]
-    if leftover:
-        raise ValueError('cannot export a plain mmpretrain model: it uses '
-                         f'plugin modules {leftover}')
-    return model
+    return _stock_losses(model)
+
+
+def plugin_modules(model_cfg: dict) -> list:
+    """Types in ``model_cfg`` that only mmtolerant provides (e.g. the
+    ``SmallConvNet`` backbone); an export that has any needs mmtolerant
+    installed to be built."""
+    return sorted({
+        str(v.get('type'))
+        for v in _walk_dicts(model_cfg) if _is_plugin_type(v.get('type'))
+    })
 
 
 def _walk_dicts(cfg):
@@ -119,7 +123,13 @@ def export_plain_model(cfg: Config,
     ckpt_path = osp.join(out_dir, EXPORT_CKPT)
     cfg_path = osp.join(out_dir, EXPORT_CFG)
     atomic_torch_save(dict(meta=meta, state_dict=state_dict), ckpt_path)
-    plain = Config(
-        dict(model=plain_model_cfg(cfg), default_scope='mmpretrain'))
+    model_cfg = plain_model_cfg(cfg)
+    exported = dict(model=model_cfg, default_scope='mmpretrain')
+    if plugin_modules(model_cfg):
+        # A model built from the plugin's own modules (not only its
+        # losses, which the export replaces) needs the plugin to be built.
+        exported['custom_imports'] = dict(
+            imports=['mmtolerant'], allow_failed_imports=False)
+    plain = Config(exported)
     atomic_write_text(plain.pretty_text, cfg_path)
     return ckpt_path, cfg_path

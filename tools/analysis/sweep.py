@@ -1,17 +1,31 @@
-"""Run a grid of chains (over eta, K, lambda, tau, seeds...) and tabulate them.
+"""Run chains over configs x a grid (eta, K, lambda, tau...) x seeds and
+tabulate them.
 
-Every combination is an ordinary chain run by tools/train.py with
---cfg-options, in its own work_dir under --work-dir; finished combinations
-are skipped and interrupted ones resumed, so a killed sweep continues where
-it stopped. The reports are collected into sweep.json / sweep.md (mean and
-std over seeds) and sweep.png.
+Every run is an ordinary chain run by tools/train.py with --cfg-options, in
+its own work_dir under --work-dir; finished runs are skipped and interrupted
+ones resumed, so a killed sweep continues where it stopped. The reports are
+collected into:
 
-    python tools/analysis/sweep.py configs/fashion_mnist/tsd_chain_r18n_fmnist.py \
-        --grid generations.teacher_loss.eta=0.5,0.7,0.9 \
-               generations.teacher_loss.k=2,3 \
-        --seeds 0 1 2 --parallel 2 \
-        --cfg-options train_cfg.max_epochs=5 generations.num_generations=3 \
+- sweep.md / sweep.json: per setting, mean ± std over seeds of the
+  patriarch, the final generation, the best student and the final ensemble;
+- generations.md / sweep_generations.png: per setting and generation, mean ±
+  std over seeds of top-1, the ensemble M1..Mm, the mean top-1 probability
+  (and the training set's, with generations.report_train), and with
+  --baseline the paired difference to the baseline run of the same seed.
+
+A grid over one chain config:
+
+    python tools/analysis/sweep.py configs/fashion_mnist_500/tsd_chain_cnn_fm500.py \
+        --grid generations.teacher_loss.eta=0.6,0.8,1.0 generations.teacher_loss.k=2,3 \
+        --seeds 0 1 2 --parallel 2 --cfg-options generations.num_generations=2 \
         --work-dir work_dirs/sweep_eta_k
+
+Several chain configs with paired seeds (a setting is named by its config
+file, then its grid values):
+
+    python tools/analysis/sweep.py configs/fashion_mnist_500/{strict,tsd,lsr,cp}_chain_cnn_fm500.py \
+        --seeds 0 1 2 --parallel 2 --baseline strict_chain_cnn_fm500 \
+        --work-dir work_dirs/fm500_study
 
 --parallel P runs P chains at once, each with (CPUs / P) torch threads.
 --gpus N runs each chain with tools/dist_train.sh on N GPUs instead.
@@ -42,9 +56,19 @@ def parse_grid(items):
     return grid
 
 
-def run_name(combo, seed):
+def config_name(config):
+    return osp.splitext(osp.basename(config))[0]
+
+
+def setting_name(config, combo, several_configs):
     parts = [f'{k.split(".")[-1]}{v}' for k, v in combo]
-    return '_'.join(parts + [f'seed{seed}'])
+    if several_configs:
+        parts.insert(0, config_name(config))
+    return '_'.join(parts) or config_name(config)
+
+
+def run_name(setting, seed):
+    return f'{setting}_seed{seed}'
 
 
 def launch(config, combo, seed, work_dir, args, log):
@@ -75,6 +99,7 @@ def summarise(records):
     return dict(
         m0_top1=records[0]['top1'],
         m0_mean_top1_prob=records[0]['mean_top1_prob'],
+        m0_train_top1=records[0].get('train_top1'),
         final_top1=last['top1'],
         best_student_top1=max(r['top1'] for r in records[1:]) if len(
             records) > 1 else None,
@@ -90,35 +115,109 @@ def mean_std(values):
             statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def cell(values, digits=2):
+    m, s = mean_std(values)
+    return '—' if m is None else f'{m:.{digits}f} ± {s:.{digits}f}'
+
+
+GEN_KEYS = (('top1', 'top-1', 2), ('ensemble_top1', 'ensemble M1..Mm', 2),
+            ('mean_top1_prob', 'mean top-1 prob', 3),
+            ('train_top1', 'train top-1', 2),
+            ('train_mean_top1_prob', 'train mean top-1 prob', 3))
+
+
+def per_generation(settings, chains, seeds, baseline):
+    """{setting: [{generation, n, key: [mean, std], ...}]} and its table."""
+    out = {}
+    lines = []
+    for setting in settings:
+        mine = {s: chains[(setting, s)] for s in seeds
+                if (setting, s) in chains}
+        if not mine:
+            continue
+        base = {s: chains[(baseline, s)] for s in seeds
+                if baseline and (baseline, s) in chains}
+        show = [k for k in GEN_KEYS
+                if any(k[0] in r for rs in mine.values() for r in rs)]
+        paired = bool(base) and setting != baseline
+        header = ['gen', 'seeds'] + [k[1] for k in show] + (
+            [f'top-1 − {baseline} (paired)',
+             f'ensemble − {baseline} (paired)'] if paired else [])
+        lines += [f'### {setting}', '', '| ' + ' | '.join(header) + ' |',
+                  '|' + ' --- |' * len(header)]
+        rows = []
+        for m in range(max(len(rs) for rs in mine.values())):
+            recs = {s: rs[m] for s, rs in mine.items() if len(rs) > m}
+            row = dict(generation=m, n=len(recs))
+            cells = [f'M{m}', str(len(recs))]
+            for key, _, digits in show:
+                values = [r.get(key) for r in recs.values()]
+                row[key] = list(mean_std(values))
+                cells.append(cell(values, digits))
+            if paired:
+                for key in ('top1', 'ensemble_top1'):
+                    diffs = [r[key] - base[s][m][key]
+                             for s, r in recs.items()
+                             if s in base and len(base[s]) > m]
+                    row[f'{key}_minus_baseline'] = list(mean_std(diffs))
+                    row[f'{key}_wins'] = sum(d > 0 for d in diffs)
+                    cells.append(
+                        cell(diffs) + f' ({sum(d > 0 for d in diffs)}/'
+                        f'{len(diffs)} above)' if diffs else '—')
+            rows.append(row)
+            lines.append('| ' + ' | '.join(cells) + ' |')
+        lines.append('')
+        out[setting] = rows
+    return out, lines
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('config', help='a chain config')
-    parser.add_argument('--grid', nargs='+', required=True,
+    parser.add_argument('configs', nargs='+', help='chain configs')
+    parser.add_argument('--grid', nargs='+', default=[],
                         help='key=v1,v2,... (dotted config keys)')
     parser.add_argument('--seeds', nargs='+', type=int, default=[0])
     parser.add_argument('--cfg-options', nargs='+', default=[],
                         help='key=value settings applied to every run')
+    parser.add_argument('--baseline', default=None,
+                        help='setting name (as printed by --dry-run) to '
+                        'which every other setting is compared seed by seed')
     parser.add_argument('--work-dir', required=True)
     parser.add_argument('--parallel', type=int, default=1)
     parser.add_argument('--gpus', type=int, default=0)
     parser.add_argument('--dry-run', action='store_true',
                         help='list the runs and stop')
     args = parser.parse_args()
+    for config in args.configs:
+        if not osp.isfile(config):
+            raise SystemExit(f'config {config!r} does not exist')
     grid = parse_grid(args.grid)
     combos = [tuple(zip(grid, values))
               for values in itertools.product(*grid.values())]
-    runs = [(combo, seed) for combo in combos for seed in args.seeds]
+    several = len(args.configs) > 1
+    settings = {}
+    for config in args.configs:
+        for combo in combos:
+            name = setting_name(config, combo, several)
+            if name in settings:
+                raise SystemExit(f'two settings are both named {name!r}')
+            settings[name] = (config, combo)
+    if args.baseline is not None and args.baseline not in settings:
+        raise SystemExit(f'--baseline {args.baseline!r} is not one of the '
+                         f'settings {list(settings)}')
+    runs = [(name, seed) for name in settings for seed in args.seeds]
     os.makedirs(args.work_dir, exist_ok=True)
-    print(f'{len(runs)} chains ({len(combos)} settings x '
+    print(f'{len(runs)} chains ({len(settings)} settings x '
           f'{len(args.seeds)} seeds) in {args.work_dir}')
     if args.dry_run:
-        for combo, seed in runs:
-            print('  ', run_name(combo, seed))
+        for name, seed in runs:
+            print('  ', run_name(name, seed))
         return
 
     def one(run):
-        combo, seed = run
-        name = run_name(combo, seed)
+        setting, seed = run
+        config, combo = settings[setting]
+        name = run_name(setting, seed)
         wd = osp.join(args.work_dir, name)
         report = osp.join(wd, 'generations.json')
         done = osp.isfile(report) and osp.isfile(osp.join(wd, 'chain.json'))
@@ -131,7 +230,7 @@ def main():
             print(f'  {name}: finished earlier', flush=True)
             return name, 0
         start = time.time()
-        code = launch(args.config, combo, seed, wd, args,
+        code = launch(config, combo, seed, wd, args,
                       osp.join(args.work_dir, f'{name}.log'))
         print(f'  {name}: {"done" if code == 0 else f"FAILED ({code})"} in '
               f'{time.time() - start:.0f} s', flush=True)
@@ -141,54 +240,67 @@ def main():
         results = list(pool.map(one, runs))
     failed = [name for name, code in results if code]
 
-    rows = []
-    for combo, seed in runs:
-        report = osp.join(args.work_dir, run_name(combo, seed),
+    rows, chains = [], {}
+    for setting, seed in runs:
+        report = osp.join(args.work_dir, run_name(setting, seed),
                           'generations.json')
         if not osp.isfile(report):
             continue
         with open(report) as f:
             records = json.load(f)
-        rows.append(dict(setting=dict(combo), seed=seed,
-                         **summarise(records)))
-    table = ['| ' + ' | '.join(grid) + ' | seeds | M0 top-1 | M0 mean top-1 '
-             'prob | final top-1 | best student top-1 | final ensemble |',
-             '|' + ' --- |' * (len(grid) + 6)]
+        chains[(setting, seed)] = records
+        config, combo = settings[setting]
+        rows.append(dict(name=setting, config=config, setting=dict(combo),
+                         seed=seed, **summarise(records)))
+    summary_keys = ('m0_top1', 'm0_mean_top1_prob', 'm0_train_top1',
+                    'final_top1', 'best_student_top1', 'final_ensemble_top1')
+    table = ['| setting | seeds | M0 top-1 | M0 mean top-1 prob | M0 train '
+             'top-1 | final top-1 | best student top-1 | final ensemble |',
+             '|' + ' --- |' * 8]
     aggregated = []
-    for combo in combos:
-        mine = [r for r in rows if r['setting'] == dict(combo)]
+    for setting, (config, combo) in settings.items():
+        mine = [r for r in rows if r['name'] == setting]
         if not mine:
             continue
-        agg = dict(setting=dict(combo), seeds=[r['seed'] for r in mine])
+        agg = dict(name=setting, config=config, setting=dict(combo),
+                   seeds=[r['seed'] for r in mine])
         cells = []
-        for key in ('m0_top1', 'm0_mean_top1_prob', 'final_top1',
-                    'best_student_top1', 'final_ensemble_top1'):
+        for key in summary_keys:
             m, s = mean_std([r[key] for r in mine])
             agg[key] = m
             agg[f'{key}_std'] = s
-            digits = 4 if 'prob' in key else 2
-            cells.append('—' if m is None else
-                         f'{m:.{digits}f} ± {s:.{digits}f}')
+            cells.append(cell([r[key] for r in mine],
+                              4 if 'prob' in key else 2))
         aggregated.append(agg)
-        table.append('| ' + ' | '.join(str(v) for _, v in combo) +
-                     f' | {len(mine)} | ' + ' | '.join(cells) + ' |')
+        table.append(f'| {setting} | {len(mine)} | ' + ' | '.join(cells) +
+                     ' |')
+    generations, gen_lines = per_generation(list(settings), chains,
+                                            args.seeds, args.baseline)
     with open(osp.join(args.work_dir, 'sweep.json'), 'w') as f:
-        json.dump(dict(config=args.config, grid=grid, seeds=args.seeds,
-                       cfg_options=args.cfg_options, runs=rows,
-                       aggregated=aggregated), f, indent=2)
+        json.dump(dict(configs=args.configs, grid=grid, seeds=args.seeds,
+                       cfg_options=args.cfg_options, baseline=args.baseline,
+                       runs=rows, aggregated=aggregated,
+                       generations=generations), f, indent=2)
+    title = (f'Sweep of {" ".join(args.configs)} (mean ± std over seeds '
+             f'{args.seeds}; options {" ".join(args.cfg_options)})')
     with open(osp.join(args.work_dir, 'sweep.md'), 'w') as f:
-        f.write(f'Sweep of {args.config} (mean ± std over seeds; '
-                f'options {" ".join(args.cfg_options)})\n\n' +
-                '\n'.join(table) + '\n')
+        f.write(title + '\n\n' + '\n'.join(table) + '\n')
+    with open(osp.join(args.work_dir, 'generations.md'), 'w') as f:
+        f.write(title + '\n\n' + '\n'.join(gen_lines))
     print('\n'.join(table))
-    if aggregated:
-        plot(aggregated, grid, osp.join(args.work_dir, 'sweep.png'))
+    print()
+    print('\n'.join(gen_lines))
+    if aggregated and grid:
+        plot_grid(aggregated, grid, osp.join(args.work_dir, 'sweep.png'))
+    if generations:
+        plot_generations(generations,
+                         osp.join(args.work_dir, 'sweep_generations.png'))
     if failed:
         raise SystemExit(f'{len(failed)} chains failed: {failed} (see their '
                          'logs; rerun the same command to resume)')
 
 
-def plot(aggregated, grid, path):
+def plot_grid(aggregated, grid, path):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -198,8 +310,10 @@ def plot(aggregated, grid, path):
     fig, ax = plt.subplots(figsize=(6.4, 4), dpi=120)
     series = {}
     for agg in aggregated:
-        label = ', '.join(f'{k.split(".")[-1]}={agg["setting"][k]}'
-                          for k in others) or 'final generation'
+        label = ', '.join([osp.splitext(osp.basename(agg['config']))[0]] * (
+            len({a['config'] for a in aggregated}) > 1) + [
+                f'{k.split(".")[-1]}={agg["setting"][k]}' for k in others
+            ]) or 'final generation'
         series.setdefault(label, []).append(agg)
     for i, (label, aggs) in enumerate(series.items()):
         xs = [float(a['setting'][x_key]) for a in aggs]
@@ -211,6 +325,45 @@ def plot(aggregated, grid, path):
     ax.set_ylabel('final-generation top-1 (%)')
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_generations(generations, path):
+    """Left: top-1 per generation (solid, ± std) and ensemble M1..Mm
+    (dashed); right: mean top-1 probability on test (solid) and train
+    (dotted, with report_train). One colour per setting."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, (ax, ax_conf) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
+    for i, (name, rows) in enumerate(generations.items()):
+        color = f'C{i % 10}'
+        gens = [r['generation'] for r in rows]
+
+        def series(key):
+            return ([r[key][0] for r in rows], [r[key][1] for r in rows])
+
+        ys, es = series('top1')
+        ax.errorbar(gens, ys, yerr=es, fmt='o-', color=color, capsize=3,
+                    label=name)
+        ys, _ = series('ensemble_top1')
+        ax.plot(gens[1:], ys[1:], '--', color=color, alpha=0.6)
+        ys, es = series('mean_top1_prob')
+        ax_conf.errorbar(gens, ys, yerr=es, fmt='o-', color=color,
+                         capsize=3, label=f'{name} (test)')
+        if all('train_mean_top1_prob' in r and r['train_mean_top1_prob'][0]
+               is not None for r in rows):
+            ys, _ = series('train_mean_top1_prob')
+            ax_conf.plot(gens, ys, ':', color=color)
+    ax.set_xlabel('generation m')
+    ax.set_ylabel('top-1 (%)  (dashed: ensemble M1..Mm)')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax_conf.set_xlabel('generation m')
+    ax_conf.set_ylabel('mean top-1 probability (dotted: train)')
+    ax_conf.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -239,6 +239,8 @@ class GenerationRunner:
         later generation stops the chain before the patriarch trains."""
         from mmpretrain.registry import MODELS
         for m, cfg in enumerate(self.generation_cfgs):
+            if self.settings.report_train:
+                self._train_eval_loader_cfg(cfg)
             try:
                 MODELS.build(copy.deepcopy(cfg.model.head.loss))
                 if m >= 1:
@@ -406,9 +408,10 @@ class GenerationRunner:
                 _log(f'generation {m}: resuming from {plan["resume_from"]}')
             started = time.time()
             runner = Runner.from_cfg(cfg)
+            build = time.time() - started
             runner.train()
             wall = time.time() - started
-            self._finish_generation(m, runner, cfg, wall)
+            self._finish_generation(m, runner, cfg, wall, build)
             barrier()
             if not is_main_process():
                 with open(osp.join(self.gen_dir(m), GENERATION_FILE)) as f:
@@ -444,14 +447,39 @@ class GenerationRunner:
             return model, osp.basename(best[-1])
         return model, f'last (epoch {runner.epoch})'
 
-    def _predict(self, model, cfg: Config):
-        """Test-set scores of ``model``, each rank predicting its share of
-        the samples; gathered in dataset order on rank 0 (None elsewhere)."""
-        from mmengine.dist import collect_results
+    @staticmethod
+    def _test_loader_cfg(cfg: Config):
         loader_cfg = cfg.get('test_dataloader') or cfg.get('val_dataloader')
         if loader_cfg is None:
             raise ValueError('the chain report needs a test_dataloader (or '
                              'val_dataloader) in the config')
+        return copy.deepcopy(loader_cfg)
+
+    @classmethod
+    def _train_eval_loader_cfg(cls, cfg: Config):
+        """The training set seen through the test pipeline (for
+        ``report_train``)."""
+        test_cfg = cls._test_loader_cfg(cfg)
+        loader_cfg = copy.deepcopy(cfg.train_dataloader)
+        dataset = loader_cfg.get('dataset')
+        if not isinstance(dataset, dict) or 'pipeline' not in dataset \
+                or 'pipeline' not in test_cfg.get('dataset', {}):
+            raise ValueError(
+                'generations.report_train needs train_dataloader.dataset and '
+                'test_dataloader.dataset to have a `pipeline` (a wrapped '
+                f'dataset such as {dataset.get("type") if isinstance(dataset, dict) else dataset!r} '
+                'is not supported); set report_train=False')
+        dataset['pipeline'] = test_cfg.dataset.pipeline
+        loader_cfg['batch_size'] = test_cfg.get('batch_size',
+                                                loader_cfg.batch_size)
+        loader_cfg.pop('batch_sampler', None)
+        return loader_cfg
+
+    def _predict(self, model, loader_cfg):
+        """Scores of ``model`` on a dataloader's samples, each rank
+        predicting its share; gathered in dataset order on rank 0 (None
+        elsewhere)."""
+        from mmengine.dist import collect_results
         loader_cfg = copy.deepcopy(loader_cfg)
         loader_cfg.sampler = dict(type='DefaultSampler', shuffle=False)
         loader = Runner.build_dataloader(loader_cfg)
@@ -463,12 +491,23 @@ class GenerationRunner:
         return (np.stack([r[0] for r in rows]),
                 np.array([r[1] for r in rows], dtype=np.int64))
 
-    def _finish_generation(self, m: int, runner, cfg: Config,
-                           wall: float) -> None:
+    def _finish_generation(self, m: int, runner, cfg: Config, wall: float,
+                           build: float) -> None:
         """Export, predict the test set and report (all ranks take part in
         the prediction; rank 0 writes)."""
+        started = time.time()
         model, handed_on = self._handed_on_model(runner, m)
-        scores, labels = self._predict(model, cfg)
+        scores, labels = self._predict(model, self._test_loader_cfg(cfg))
+        train_stats = {}
+        if self.settings.report_train:
+            train_scores, train_labels = self._predict(
+                model, self._train_eval_loader_cfg(cfg))
+            if train_scores is not None:
+                stats = prediction_stats(train_scores, train_labels,
+                                         self.settings.report_k)
+                train_stats = dict(
+                    train_top1=stats['top1'],
+                    train_mean_top1_prob=stats['mean_top1_prob'])
         if not is_main_process():
             return
         dataset_meta = getattr(runner.train_dataloader.dataset, 'metainfo',
@@ -484,7 +523,8 @@ class GenerationRunner:
             handed_on=handed_on,
             epochs=runner.epoch,
             wall_time_s=round(wall, 1),
-            **prediction_stats(scores, labels, self.settings.report_k))
+            **prediction_stats(scores, labels, self.settings.report_k),
+            **train_stats)
         record['report_k'] = self.settings.report_k
         # The ensemble of the students M1..Mm (M0 alone for m = 0).
         members = [m] if m == 0 else list(range(1, m + 1))
@@ -494,6 +534,10 @@ class GenerationRunner:
         record['ensemble_top1'] = topk_accuracy(
             ensemble_scores(all_scores), labels, 1)
         record['teacher_top1'] = self.records[m - 1]['top1'] if m else None
+        # What the chain adds to an ordinary mmpretrain run: building the
+        # runner (teacher included) and this export/prediction/report step.
+        record['build_time_s'] = round(build, 2)
+        record['finish_time_s'] = round(time.time() - started, 2)
         self.records.append(record)
 
         atomic_write_text(

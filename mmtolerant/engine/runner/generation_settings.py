@@ -39,6 +39,12 @@ class GenerationSettings:
             ``{0: {'train_cfg.max_epochs': 40}}``.
         report_k (int, optional): K of the "top-K secondary mass" in the
             report; defaults to ``teacher_loss.k`` when it has one, else 3.
+        report_train (bool): Also predict the training set (with the test
+            pipeline, no augmentation) after each generation and report
+            its top-1 and mean top-1 probability: how close a teacher came
+            to memorising its data, i.e. how one-hot its targets are. One
+            extra inference pass over the training set per generation.
+            Default False.
     """
     num_generations: int
     tolerant: str = 'patriarch'
@@ -50,6 +56,7 @@ class GenerationSettings:
     hand_on: str = 'last'
     overrides: Dict[int, Dict[str, Any]] = field(default_factory=dict)
     report_k: Optional[int] = None
+    report_train: bool = False
 
     @classmethod
     def from_cfg(cls, cfg: Optional[dict]) -> 'GenerationSettings':
@@ -117,6 +124,9 @@ class GenerationSettings:
             self.report_k = int(k) if isinstance(k, numbers.Integral) else 3
         if self.report_k < 2:
             _fail(f'report_k must be >= 2, got {self.report_k!r}')
+        if not isinstance(self.report_train, bool):
+            _fail(f'report_train must be True or False, got '
+                  f'{self.report_train!r}')
 
     def is_tolerant(self, generation: int) -> bool:
         """Whether generation ``generation`` trains with ``teacher_loss``."""
