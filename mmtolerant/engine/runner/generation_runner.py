@@ -185,6 +185,9 @@ class GenerationRunner:
                 checkpoint=osp.join(previous, EXPORT_CKPT))
             model.lam = self.settings.lam
             model.distill_loss = copy.deepcopy(self.settings.distill_loss)
+            if self.settings.teacher_cache is not None:
+                model.teacher_cache = copy.deepcopy(
+                    self.settings.teacher_cache)
             for key in ('val_evaluator', 'test_evaluator'):
                 evaluators = cfg.get(key)
                 if evaluators is None:

@@ -45,6 +45,10 @@ class GenerationSettings:
             to memorising its data, i.e. how one-hot its targets are. One
             extra inference pass over the training set per generation.
             Default False.
+        teacher_cache (dict, optional): Given to every student as
+            ``DistillImageClassifier(teacher_cache=...)``: replay the
+            teacher's outputs after the first epoch (deterministic training
+            inputs only). Default None.
     """
     num_generations: int
     tolerant: str = 'patriarch'
@@ -57,6 +61,7 @@ class GenerationSettings:
     overrides: Dict[int, Dict[str, Any]] = field(default_factory=dict)
     report_k: Optional[int] = None
     report_train: bool = False
+    teacher_cache: Optional[Dict[str, Any]] = None
 
     @classmethod
     def from_cfg(cls, cfg: Optional[dict]) -> 'GenerationSettings':
@@ -124,6 +129,10 @@ class GenerationSettings:
             self.report_k = int(k) if isinstance(k, numbers.Integral) else 3
         if self.report_k < 2:
             _fail(f'report_k must be >= 2, got {self.report_k!r}')
+        if self.teacher_cache is not None and not isinstance(
+                self.teacher_cache, dict):
+            _fail("teacher_cache must be None or a dict such as "
+                  f"dict(dtype='float16'), got {self.teacher_cache!r}")
         if not isinstance(self.report_train, bool):
             _fail(f'report_train must be True or False, got '
                   f'{self.report_train!r}')

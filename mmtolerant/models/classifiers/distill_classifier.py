@@ -14,9 +14,11 @@ from mmpretrain.structures import DataSample
 from mmtolerant.utils.checkpoint import (CheckpointLoadError,
                                          extract_state_dict, safe_torch_load)
 from ..losses.utils import check_in_range
+from .teacher_cache import TeacherOutputCache
 
 # Arguments of DistillImageClassifier that a plain ImageClassifier lacks.
-DISTILL_ONLY_KEYS = ('teacher', 'lam', 'distill_loss', 'eval_teacher')
+DISTILL_ONLY_KEYS = ('teacher', 'lam', 'distill_loss', 'eval_teacher',
+                     'teacher_cache')
 
 
 def plain_classifier_cfg(model_cfg: Union[dict, ConfigDict]) -> ConfigDict:
@@ -151,6 +153,13 @@ class DistillImageClassifier(ImageClassifier):
         eval_teacher (bool): Also store the teacher's prediction on each
             validation/test sample as ``teacher_pred_score``, which the
             ``TeacherAccuracy`` metric reads. Defaults to True.
+        teacher_cache (dict, optional): Replay the teacher's training-set
+            logits from memory after the first epoch instead of running the
+            teacher again (see :class:`TeacherOutputCache`): ``dict()`` or
+            ``dict(dtype='float16')``. Only for deterministic training
+            inputs (no random augmentation, no batch augments); a sample
+            whose input changed stops training with an error. Defaults to
+            None (live teacher at every step).
     """
 
     def __init__(self,
@@ -159,6 +168,7 @@ class DistillImageClassifier(ImageClassifier):
                  lam: float = 0.5,
                  distill_loss: dict = dict(type='DistillKLLoss', tau=1.0),
                  eval_teacher: bool = True,
+                 teacher_cache: Optional[dict] = None,
                  neck: Optional[dict] = None,
                  head: Optional[dict] = None,
                  pretrained: Optional[str] = None,
@@ -179,6 +189,7 @@ class DistillImageClassifier(ImageClassifier):
         self.lam = check_in_range('DistillImageClassifier', 'lam', lam, 0.0,
                                   1.0)
         self.eval_teacher = bool(eval_teacher)
+        self.teacher_cache = self._build_cache(teacher_cache)
 
         if isinstance(distill_loss, dict):
             distill_loss = dict(distill_loss)
@@ -213,6 +224,44 @@ class DistillImageClassifier(ImageClassifier):
             f'[mmtolerant] frozen teacher {type(frozen.backbone).__name__} '
             f'loaded from {teacher["checkpoint"]} (lam={self.lam:g})',
             logger='current')
+
+    def _build_cache(self, cfg) -> Optional[TeacherOutputCache]:
+        if cfg is None or cfg is False:
+            return None
+        if not isinstance(cfg, dict):
+            raise ValueError('DistillImageClassifier: teacher_cache must be '
+                             f"None or a dict such as dict(dtype='float16'), "
+                             f'got {cfg!r}')
+        unknown = sorted(set(cfg) - {'dtype'})
+        if unknown:
+            raise ValueError('DistillImageClassifier: unknown teacher_cache '
+                             f'keys {unknown} (known: dtype)')
+        augments = getattr(self.data_preprocessor, 'batch_augments', None)
+        if augments is not None:
+            raise ValueError(
+                'DistillImageClassifier: teacher_cache replays one teacher '
+                'output per sample, but the data preprocessor has batch '
+                f'augments ({type(augments).__name__}) that make every '
+                'batch new; remove teacher_cache or the batch augments')
+        return TeacherOutputCache(**cfg)
+
+    def _teacher_targets(self, inputs: torch.Tensor,
+                         data_samples: List[DataSample]) -> torch.Tensor:
+        cache = self.teacher_cache
+        if cache is None:
+            return self.teacher_logits(inputs)
+        index = [s.metainfo.get('sample_idx') for s in data_samples]
+        if any(i is None for i in index):
+            raise ValueError(
+                'teacher_cache needs the `sample_idx` of every training '
+                "sample (PackInputs' default meta_keys keep it)")
+        index = torch.as_tensor(index, dtype=torch.long)
+        cached = cache.lookup(index, inputs)
+        if cached is not None:
+            return cached
+        logits = self.teacher_logits(inputs)
+        cache.store(index, inputs, logits)
+        return logits
 
     def _check_teacher(self, teacher: nn.Module, checkpoint: str) -> None:
         s_classes, t_classes = _num_classes(self), _num_classes(teacher)
@@ -266,7 +315,7 @@ class DistillImageClassifier(ImageClassifier):
         else:  # a head outside mmpretrain's ClsHead family
             head_losses = self.head.loss(feats, data_samples)
             cls_score = self.head(feats)
-        t_logits = self.teacher_logits(inputs)
+        t_logits = self._teacher_targets(inputs, data_samples)
         if t_logits.shape != cls_score.shape:
             raise ValueError(
                 f'teacher logits {tuple(t_logits.shape)} and student logits '
