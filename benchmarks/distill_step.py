@@ -6,6 +6,13 @@ Measured side by side in one run, on the same model, batch and machine:
                (the floor: what training without a teacher costs);
 - ``distill``: mmtolerant's ``DistillImageClassifier.train_step`` with a live,
                frozen teacher of the same architecture;
+- ``cached``:  the same step with ``teacher_cache=dict()``, the teacher's
+               outputs replayed (every timed step is a cache hit: the
+               warm-up filled the cache, as the first epoch does);
+- ``distill_bf16``: ``distill`` with ``teacher_autocast='bfloat16'`` (the
+               teacher alone in bfloat16, the student in the run's precision);
+- ``teacher``: the teacher's forward pass alone on the preprocessed batch
+               (the profile: what ``distill`` adds to ``plain``);
 - ``handkd``:  a minimal hand-written KD step (student + ``no_grad`` teacher,
                CE + KL, backward, SGD step): what any KD implementation costs
                at least;
@@ -65,7 +72,10 @@ def make_batch(name, batch, seed=0):
         for _ in range(batch)
     ]
     labels = torch.randint(0, num_classes, (batch, ), generator=g)
-    samples = [DataSample().set_gt_label(int(y)) for y in labels]
+    samples = [
+        DataSample(metainfo=dict(sample_idx=i)).set_gt_label(int(y))
+        for i, y in enumerate(labels)
+    ]
     return dict(inputs=inputs, data_samples=samples)
 
 
@@ -84,7 +94,8 @@ def build_variant(args, workdir):
     if args.amp:
         optim_cfg['dtype'] = 'bfloat16' if args.device == 'cpu' else None
     teacher_ckpt = os.path.join(workdir, 'teacher.pth')
-    if args.variant in ('distill', 'handkd', 'torchdistill') \
+    if args.variant in ('distill', 'cached', 'distill_bf16', 'teacher',
+                        'handkd', 'torchdistill') \
             and not os.path.exists(teacher_ckpt):
         torch.manual_seed(1)
         teacher = REG.build(classifier_cfg(args.model))
@@ -93,13 +104,28 @@ def build_variant(args, workdir):
 
     if args.variant == 'plain':
         model = REG.build(classifier_cfg(args.model)).to(device)
-    elif args.variant == 'distill':
+    elif args.variant in ('distill', 'cached', 'distill_bf16', 'teacher'):
         cfg = classifier_cfg(args.model)
         cfg.update(type='DistillImageClassifier', lam=0.5,
                    teacher=dict(config=classifier_cfg(args.model),
                                 checkpoint=teacher_ckpt))
+        if args.variant == 'cached':
+            cfg['teacher_cache'] = dict()
+        if args.variant == 'distill_bf16':
+            cfg['teacher_autocast'] = 'bfloat16'
         model = REG.build(cfg).to(device)
-    if args.variant in ('plain', 'distill'):
+    if args.variant == 'teacher':
+        model.train()
+
+        def teacher_step(batch):
+            data = model.data_preprocessor(batch, True)
+            with torch.autocast(device.type, enabled=args.amp,
+                                dtype=torch.bfloat16 if args.device == 'cpu'
+                                else torch.float16):
+                return model.teacher_logits(data['inputs'])
+
+        return teacher_step, model
+    if args.variant in ('plain', 'distill', 'cached', 'distill_bf16'):
         model.train()
         optim = build_optim_wrapper(model, optim_cfg)
         return (lambda batch: model.train_step(batch, optim)), model
@@ -217,7 +243,9 @@ def main():
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--rounds', type=int, default=3)
     parser.add_argument('--variants', nargs='+',
-                        default=['plain', 'distill', 'handkd', 'torchdistill'])
+                        default=['plain', 'distill', 'distill_bf16',
+                                 'cached', 'teacher', 'handkd',
+                                 'torchdistill'])
     parser.add_argument('--out', help='write the results as JSON here')
     parser.add_argument('--variant', help=argparse.SUPPRESS)
     parser.add_argument('--workdir', help=argparse.SUPPRESS)

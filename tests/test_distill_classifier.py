@@ -260,3 +260,30 @@ def test_test_tool_reports_metrics_and_dumps_predictions_without_pickle(
     assert scores.shape == (450, 10)
     assert metrics['accuracy/top1'] == pytest.approx(
         100 * np.mean(scores.argmax(1) == labels), abs=1e-4)
+
+
+def test_teacher_autocast_runs_the_teacher_in_bf16_close_to_float32(
+        digits_teacher, tmp_path):
+    cfg = student_cfg(digits_teacher, tmp_path)
+    cfg.model.data_preprocessor = cfg.data_preprocessor
+    exact = MODELS.build(cfg.model).eval()
+    cfg.model.teacher_autocast = 'bfloat16'
+    low = MODELS.build(cfg.model).eval()
+    low.load_state_dict(exact.state_dict())
+    seen = {}
+    low.teacher.backbone.register_forward_hook(
+        lambda m, args, out: seen.__setitem__('dtype', out[-1].dtype))
+    data = exact.data_preprocessor(digits_batch(), training=False)
+    t_exact = exact.teacher_logits(data['inputs'])
+    t_low = low.teacher_logits(data['inputs'])
+    assert seen['dtype'] == torch.bfloat16
+    assert t_low.dtype == torch.float32 and not t_low.is_inference()
+    assert not torch.equal(t_low, t_exact)
+    torch.testing.assert_close(t_low, t_exact, rtol=0.05, atol=0.05)
+    kd_exact = exact.loss(data['inputs'], data['data_samples'])['loss_kd']
+    kd_low = low.loss(data['inputs'], data['data_samples'])['loss_kd']
+    assert kd_low.item() == pytest.approx(kd_exact.item(), rel=0.05)
+    cfg.model.teacher_autocast = 'fp8'
+    with pytest.raises(ValueError, match="teacher_autocast must be None, "
+                       "'bfloat16' or 'float16', got 'fp8'"):
+        MODELS.build(cfg.model)

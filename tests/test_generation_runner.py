@@ -534,6 +534,40 @@ def test_secondary_info_tool_reads_a_chains_saved_predictions(
     assert (tmp_path / 'si' / 'secondary_info.png').is_file()
 
 
+def test_secondary_info_tool_averages_chains_that_share_a_label(
+        chain, tmp_path, python):
+    """Seeds of one setting: rows are the mean over the chains."""
+    from mmtolerant.evaluation.secondary_info import secondary_info
+    work_dir, _ = chain
+    other = tmp_path / 'other_seed'
+    shutil.copytree(work_dir, other)
+    groups = [0, 1, 0, 0, 0, 2, 0, 2, 3, 2]
+    expected = []
+    for m in range(3):
+        with np.load(work_dir / f'gen_{m}' / 'test_predictions.npz') as d:
+            scores, labels = d['scores'], d['labels']
+        shifted = np.roll(scores, 1, axis=1) ** 2
+        shifted /= shifted.sum(1, keepdims=True)
+        np.savez(other / f'gen_{m}' / 'test_predictions.npz',
+                 scores=shifted, labels=labels)
+        a, b = (secondary_info(x, 3, groups) for x in (scores, shifted))
+        expected.append({k: (a[k] + b[k]) / 2 for k in a})
+    proc = run_tool([
+        python, 'tools/analysis/secondary_info.py', str(work_dir),
+        str(other), '--labels', 'tsd', 'tsd', '--groups', 'fashion_mnist',
+        '--out-dir', str(tmp_path / 'si')
+    ])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(tmp_path / 'si' / 'secondary_info.json') as f:
+        rows = json.load(f)['rows']
+    assert [r['name'] for r in rows] == [
+        f'tsd M{m} (mean of 2)' for m in range(3)]
+    for row, want in zip(rows, expected):
+        assert row['chains'] == 2 and row['group_lift_std'] >= 0
+        for key, value in want.items():
+            assert row[key] == pytest.approx(value)
+
+
 def test_linear_probe_tool_equals_a_probe_fitted_by_hand(chain, tmp_path,
                                                         python):
     from mmengine.dataset import pseudo_collate
@@ -644,3 +678,22 @@ def test_sweep_tool_names_runs_of_several_configs_and_checks_the_baseline(
     wrong = run_tool(args + ['--baseline', 'strict'])
     assert wrong.returncode != 0
     assert "--baseline 'strict' is not one of the settings" in wrong.stderr
+
+
+def test_linear_probe_summary_is_mean_and_std_per_label_and_generation():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        'linear_probe_tool', osp.join(REPO, 'tools', 'analysis',
+                                      'linear_probe.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    rows = [dict(model=f'{label} M{m}', probe_top1=value)
+            for label, m, value in [('TSD-all', 0, 90.0), ('TSD-all', 0, 94.0),
+                                    ('TSD-all', 1, 92.0), ('TSD-all', 1, 92.0),
+                                    ('strict', 0, 91.0), ('strict', 0, 93.0)]]
+    summary = {(r['label'], r['model']): r for r in tool.summarise(rows)}
+    assert summary[('TSD-all', 'M0')]['mean'] == 92.0
+    assert summary[('TSD-all', 'M0')]['std'] == pytest.approx(8**0.5)
+    assert summary[('TSD-all', 'M1')]['std'] == 0.0
+    assert summary[('strict', 'M0')]['runs'] == 2
+    assert tool.summarise(rows[:1] + rows[2:3] + rows[4:5]) == []

@@ -90,9 +90,34 @@ def main():
         rows.append(dict(model=name, checkpoint=ckpt, probe_top1=acc,
                          feature_dim=int(feats['train'][0].shape[1])))
         print(f'| {name} | {acc:.2f} |', flush=True)
+    summary = summarise(rows)
+    if summary:
+        print('\n| chain | model | runs | linear-probe top-1 (mean ± std) |'
+              '\n| --- | --- | --- | --- |')
+        for row in summary:
+            print(f"| {row['label']} | {row['model']} | {row['runs']} | "
+                  f"{row['mean']:.2f} ± {row['std']:.2f} |")
     if args.out:
         with open(args.out, 'w') as f:
-            json.dump(dict(probe=args.probe, rows=rows), f, indent=2)
+            json.dump(dict(probe=args.probe, rows=rows, summary=summary), f,
+                      indent=2)
+
+
+def summarise(rows):
+    """Mean ± std per label and generation when a label names several
+    chains (seeds of one setting); [] otherwise."""
+    import statistics
+    groups = {}
+    for row in rows:
+        label, _, model = row['model'].rpartition(' ')
+        if label:
+            groups.setdefault((label, model), []).append(row['probe_top1'])
+    if all(len(v) < 2 for v in groups.values()):
+        return []
+    return [dict(label=label, model=model, runs=len(v),
+                 mean=statistics.fmean(v),
+                 std=statistics.stdev(v) if len(v) > 1 else 0.0)
+            for (label, model), v in groups.items()]
 
 
 if __name__ == '__main__':

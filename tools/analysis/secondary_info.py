@@ -12,7 +12,8 @@ checkpoints.
 --groups: 'cifar100' (its 20 superclasses), 'fashion_mnist' (tops,
 footwear, trouser, bag) or a JSON file (a list: the group of each class
 index; or a dict {class index: group}). Writes secondary_info.md/.json/.png
-to --out-dir and prints the table.
+to --out-dir and prints the table. Chains given the same label (seeds of
+one setting) are averaged per generation (the table says over how many).
 """
 import argparse
 import json
@@ -105,7 +106,7 @@ def main():
         parser.error('--checkpoints needs --config')
     groups = load_groups(args.groups) if args.groups else None
 
-    sources = {}
+    sources = {}  # label -> one list of (index, (scores, labels)) per chain
     labels = args.labels or [
         osp.basename(osp.normpath(d)) for d in args.work_dirs
     ]
@@ -113,20 +114,34 @@ def main():
         parser.error(f'{len(args.work_dirs)} work_dirs but {len(labels)} '
                      'labels')
     for label, work_dir in zip(labels, args.work_dirs):
-        sources[label] = chain_predictions(work_dir)
+        sources.setdefault(label, []).append(chain_predictions(work_dir))
     if args.checkpoints:
-        sources['checkpoints'] = checkpoint_predictions(
-            args.config, args.checkpoints)
+        sources['checkpoints'] = [checkpoint_predictions(
+            args.config, args.checkpoints)]
 
     rows_by_chain, all_rows = {}, []
-    for label, preds in sources.items():
+    for label, chains in sources.items():
+        per_index = {}
+        for preds in chains:
+            for index, (scores, y) in preds:
+                per_index.setdefault(index, []).append(dict(
+                    top1=topk_accuracy(scores, y, 1),
+                    **secondary_info(scores, args.k, groups)))
         rows = []
-        for index, (scores, y) in preds:
+        for index, stats in sorted(per_index.items()):
             name = (f'{label} M{index}' if label != 'checkpoints' else
                     osp.basename(args.checkpoints[index]))
+            if len(chains) > 1:
+                name += f' (mean of {len(stats)})'
             row = dict(name=name, source=label, index=index,
-                       top1=topk_accuracy(scores, y, 1),
-                       **secondary_info(scores, args.k, groups))
+                       chains=len(stats))
+            for key, value in stats[0].items():
+                values = [s[key] for s in stats]
+                row[key] = (float(np.mean(values)) if isinstance(
+                    value, (int, float)) and not isinstance(value, bool)
+                            else value)
+                if key in ('top1', 'group_lift') and len(stats) > 1:
+                    row[f'{key}_std'] = float(np.std(values, ddof=1))
             rows.append(row)
         rows_by_chain[label] = rows
         all_rows += rows
