@@ -325,8 +325,9 @@ def run_chain(config, work_dir, python, extra_env=None, resume=False):
 def chain_result(work_dir):
     with open(work_dir / 'generations.json') as f:
         records = json.load(f)
-    for r in records:
-        r.pop('wall_time_s')
+    for r in records:  # timings differ from run to run
+        for key in ('wall_time_s', 'build_time_s', 'finish_time_s'):
+            r.pop(key)
     exported = [
         weights(work_dir / f'gen_{m}' / 'exported_model.pth')
         for m in range(3)
