@@ -118,3 +118,29 @@ def test_cached_training_equals_live_training_bit_for_bit(digits_teacher,
     assert live.keys() == cached.keys()
     for k in live:
         assert torch.equal(live[k], cached[k]), k
+
+
+def test_chain_with_teacher_cache_equals_the_chain_without(tmp_path):
+    """generations.teacher_cache: each student runs its teacher only in its
+    first epoch, and the chain ends with the same weights as without."""
+    from test_generation_runner import assert_same_weights, chain_cfg, weights
+    from mmtolerant.engine.runner import GenerationRunner
+    exported = {}
+    for name, cache in (('live', None), ('cached', dict())):
+        cfg = chain_cfg(tmp_path / name, **{
+            'generations.num_generations': 1,
+            'generations.teacher_cache': cache,
+            'train_cfg.max_epochs': 2,
+            'train_dataloader.dataset.pipeline': DETERMINISTIC,
+        })
+        GenerationRunner.from_cfg(cfg).train()
+        student = dumped_config(tmp_path / name / 'gen_1')
+        assert ('teacher_cache' in student.model) == (cache is not None)
+        exported[name] = weights(tmp_path / name / 'gen_1' /
+                                 'exported_model.pth')
+    assert_same_weights(exported['cached'], exported['live'])
+
+
+def dumped_config(gen_dir):
+    from mmengine.config import Config
+    return Config.fromfile(str(next(gen_dir.glob('*/vis_data/config.py'))))
