@@ -134,9 +134,10 @@ class DistillImageClassifier(ImageClassifier):
     the module tree: it is not in ``state_dict()`` (so a checkpoint of this
     model is a plain student checkpoint), not in ``parameters()`` (so never
     in the optimizer nor in DDP's gradient buckets), never re-initialised by
-    ``init_weights``, always in eval mode and run under ``no_grad``. It moves
-    with the model (``.to()``, ``.cuda()``) and runs in the run's autocast
-    precision.
+    ``init_weights``, always in eval mode and run under
+    ``torch.inference_mode``. It moves with the model (``.to()``,
+    ``.cuda()``) and runs in the run's autocast precision (or in
+    ``teacher_autocast``).
 
     Args:
         backbone, neck, head, pretrained, train_cfg, data_preprocessor,
