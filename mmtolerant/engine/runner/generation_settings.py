@@ -4,6 +4,9 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
+from mmtolerant.models.classifiers.teacher_cache import \
+    teacher_cache_from_cfg
+
 TOLERANT_CHOICES = ('patriarch', 'all', 'none')
 HAND_ON_CHOICES = ('last', 'best')
 
@@ -129,10 +132,10 @@ class GenerationSettings:
             self.report_k = int(k) if isinstance(k, numbers.Integral) else 3
         if self.report_k < 2:
             _fail(f'report_k must be >= 2, got {self.report_k!r}')
-        if self.teacher_cache is not None and not isinstance(
-                self.teacher_cache, dict):
-            _fail("teacher_cache must be None or a dict such as "
-                  f"dict(dtype='float16'), got {self.teacher_cache!r}")
+        if self.teacher_cache is not None:
+            # The students' own check, run now: a bad cache setting must not
+            # wait for generation 1 to be found.
+            teacher_cache_from_cfg(self.teacher_cache, 'generations')
         if not isinstance(self.report_train, bool):
             _fail(f'report_train must be True or False, got '
                   f'{self.report_train!r}')

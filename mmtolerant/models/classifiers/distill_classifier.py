@@ -15,7 +15,7 @@ from mmpretrain.structures import DataSample
 from mmtolerant.utils.checkpoint import (CheckpointLoadError,
                                          extract_state_dict, safe_torch_load)
 from ..losses.utils import check_in_range
-from .teacher_cache import TeacherOutputCache
+from .teacher_cache import TeacherOutputCache, teacher_cache_from_cfg
 
 # Arguments of DistillImageClassifier that a plain ImageClassifier lacks.
 DISTILL_ONLY_KEYS = ('teacher', 'lam', 'distill_loss', 'eval_teacher',
@@ -245,14 +245,7 @@ class DistillImageClassifier(ImageClassifier):
     def _build_cache(self, cfg) -> Optional[TeacherOutputCache]:
         if cfg is None or cfg is False:
             return None
-        if not isinstance(cfg, dict):
-            raise ValueError('DistillImageClassifier: teacher_cache must be '
-                             f"None or a dict such as dict(dtype='float16'), "
-                             f'got {cfg!r}')
-        unknown = sorted(set(cfg) - {'dtype'})
-        if unknown:
-            raise ValueError('DistillImageClassifier: unknown teacher_cache '
-                             f'keys {unknown} (known: dtype)')
+        cache = teacher_cache_from_cfg(cfg, 'DistillImageClassifier')
         augments = getattr(self.data_preprocessor, 'batch_augments', None)
         if augments is not None:
             raise ValueError(
@@ -260,7 +253,7 @@ class DistillImageClassifier(ImageClassifier):
                 'output per sample, but the data preprocessor has batch '
                 f'augments ({type(augments).__name__}) that make every '
                 'batch new; remove teacher_cache or the batch augments')
-        return TeacherOutputCache(**cfg)
+        return cache
 
     def _teacher_targets(self, inputs: torch.Tensor,
                          data_samples: List[DataSample]) -> torch.Tensor:

@@ -121,3 +121,19 @@ class TeacherOutputCache:
         self.logits[index] = logits.detach().to('cpu', self.dtype)
         self.prints[index] = self.fingerprint(inputs)
         self.filled[index] = True
+
+
+def teacher_cache_from_cfg(cfg: dict, owner: str) -> TeacherOutputCache:
+    """Build a cache from its config (``dict()`` or ``dict(dtype=...)``),
+    refusing anything else with an error that starts with ``owner``."""
+    if not isinstance(cfg, dict):
+        raise ValueError(f'{owner}: teacher_cache must be None or a dict '
+                         f"such as dict(dtype='float16'), got {cfg!r}")
+    unknown = sorted(set(cfg) - {'dtype'})
+    if unknown:
+        raise ValueError(f'{owner}: unknown teacher_cache keys {unknown} '
+                         '(known: dtype)')
+    try:
+        return TeacherOutputCache(**cfg)
+    except ValueError as e:
+        raise ValueError(f'{owner}: {e}') from None
