@@ -121,22 +121,29 @@ def test_report_numbers_equal_an_independent_computation(chain, python):
             100 * np.mean(mean.argmax(1) == labels))
 
 
-def test_saved_predictions_are_those_of_the_exported_models(chain):
-    work_dir, _ = chain
+def exported_model_probs(gen_dir, split, n=None):
+    """Softmax outputs and labels of ``gen_dir``'s export, loaded by stock
+    mmpretrain, on the first ``n`` digits of ``split`` (all by default)."""
+    from mmengine.dataset import pseudo_collate
     from mmpretrain.apis import init_model
     from mmpretrain.registry import DATASETS
-    from mmengine.dataset import pseudo_collate
-    gen = work_dir / 'gen_2'
-    model = init_model(str(gen / 'exported_model.py'),
-                       str(gen / 'exported_model.pth'))
+    model = init_model(str(gen_dir / 'exported_model.py'),
+                       str(gen_dir / 'exported_model.pth'))
     dataset = DATASETS.build(
-        dict(type='SklearnDigits', split='test',
+        dict(type='SklearnDigits', split=split,
              pipeline=[dict(type='PackInputs')]))
+    n = len(dataset) if n is None else n
     batch = model.data_preprocessor(
-        pseudo_collate([dataset[i] for i in range(32)]), False)
+        pseudo_collate([dataset[i] for i in range(n)]), False)
     with torch.no_grad():
         probs = torch.softmax(model(batch['inputs'], mode='tensor'), 1)
-    with np.load(gen / 'test_predictions.npz') as d:
+    return probs, torch.cat([d.gt_label for d in batch['data_samples']])
+
+
+def test_saved_predictions_are_those_of_the_exported_models(chain):
+    work_dir, _ = chain
+    probs, _ = exported_model_probs(work_dir / 'gen_2', 'test', 32)
+    with np.load(work_dir / 'gen_2' / 'test_predictions.npz') as d:
         saved = d['scores'][:32].astype(np.float32)
     np.testing.assert_allclose(saved, probs.numpy(), atol=1e-3)
 
@@ -146,9 +153,6 @@ def test_report_train_and_a_plugin_backbone_chain(tmp_path):
     predictions on the training split; a model made of the plugin's own
     SmallConvNet exports a config that imports mmtolerant and still loads
     with mmpretrain's init_model."""
-    from mmengine.dataset import pseudo_collate
-    from mmpretrain.apis import init_model
-    from mmpretrain.registry import DATASETS
     cfg = chain_cfg(tmp_path, **{'generations.num_generations': 1,
                                  'generations.report_train': True})
     cfg.model.backbone = dict(type='SmallConvNet', widths=(8, 16))
@@ -159,16 +163,8 @@ def test_report_train_and_a_plugin_backbone_chain(tmp_path):
     exported = Config.fromfile(str(gen / 'exported_model.py'))
     assert exported.custom_imports.imports == ['mmtolerant']
     assert exported.model.backbone.type == 'SmallConvNet'
-    model = init_model(str(gen / 'exported_model.py'),
-                       str(gen / 'exported_model.pth'))
-    dataset = DATASETS.build(
-        dict(type='SklearnDigits', split='train',
-             pipeline=[dict(type='PackInputs')]))
-    batch = model.data_preprocessor(
-        pseudo_collate([dataset[i] for i in range(len(dataset))]), False)
-    with torch.no_grad():
-        probs = torch.softmax(model(batch['inputs'], mode='tensor'), 1)
-    labels = torch.cat([d.gt_label for d in batch['data_samples']])
+    # Loads with stock mmpretrain's init_model (the config imports us).
+    probs, labels = exported_model_probs(gen, 'train')
     assert records[1]['train_top1'] == pytest.approx(
         100 * (probs.argmax(1) == labels).float().mean().item(), abs=1e-4)
     assert records[1]['train_mean_top1_prob'] == pytest.approx(
@@ -198,6 +194,10 @@ def test_report_train_and_a_plugin_backbone_chain(tmp_path):
     ({'generations.teacher_loss.k': 20}, 'k=20 is larger than num_classes=10'),
     ({'generations.report_k': 11}, 'report_k=11'),
     ({'generations.report_train': 'yes'}, 'report_train must be True or'),
+    ({'generations.teacher_cache': 'yes'},
+     'generations: teacher_cache must be None or a dict'),
+    ({'generations.teacher_cache': {'dtype': 'int8'}},
+     "generations: teacher_cache.dtype must be one of .* got 'int8'"),
 ])
 def test_generations_section_that_makes_no_sense_is_refused(
         tmp_path, options, match):
