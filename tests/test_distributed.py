@@ -6,7 +6,7 @@ import re
 
 import torch
 
-from conftest import run_tool
+from conftest import REPO, run_tool
 from mmtolerant.utils import safe_torch_load
 
 
@@ -41,3 +41,35 @@ def test_dist_train_sh_trains_the_distillation_classifier_on_2_cpu_processes(
     assert osp.exists(work_dir / 'exported_model.pth')
     assert all(torch.isfinite(v).all() for v in ckpt['state_dict'].values()
                if v.is_floating_point())
+
+
+def test_ddp_ranks_share_the_teacher_cache(digits_teacher, tmp_path, python):
+    """2 processes, shuffled: each rank sees other samples every epoch, yet
+    the teacher runs once per sample for the whole job (the ranks exchange
+    what they compute); epoch 2 is replayed entirely on both ranks."""
+    work_dir = tmp_path / 'ddp_cache'
+    config = tmp_path / 'cached_student.py'
+    config.write_text(
+        f"_base_ = ['{osp.join(REPO, 'configs/digits/student_r18t_digits.py')}']\n"
+        "train_dataloader = dict(dataset=dict(pipeline=[dict(type='PackInputs')]))\n"
+        "model = dict(teacher_cache=dict())\n"
+        "custom_hooks = [dict(type='TeacherCacheLoggerHook')]\n")
+    proc = run_tool(
+        [
+            'bash', 'tools/dist_train.sh', str(config), '2', '--work-dir',
+            str(work_dir), '--cfg-options', 'train_cfg.max_epochs=2',
+            f'model.teacher.checkpoint={digits_teacher}/exported_model.pth',
+            f'model.teacher.config={digits_teacher}/exported_model.py'
+        ],
+        env={
+            'PYTHON': python,
+            'PORT': str(random.randint(20000, 40000)),
+            'CUDA_VISIBLE_DEVICES': ''
+        })
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    # 1347 training images (DDP pads to 1348: one repeat).
+    assert 'epoch 1: the teacher filled 1347 entries (job total 1347, 1347 ' \
+        'cached)' in log
+    assert 'epoch 2: the teacher filled 0 entries (job total 1347, 1347 ' \
+        'cached), 11 of 11 batches replayed' in log

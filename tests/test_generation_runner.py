@@ -148,6 +148,37 @@ def test_saved_predictions_are_those_of_the_exported_models(chain):
     np.testing.assert_allclose(saved, probs.numpy(), atol=1e-3)
 
 
+def test_test_predictions_come_from_the_final_validation_pass(chain):
+    """The test set is the validation set here: each generation's saved
+    predictions are those of its final validation pass, equal to a separate
+    pass of the exported model over the whole test set."""
+    work_dir, records = chain
+    assert [r['test_predictions_from'] for r in records] == \
+        ['final validation pass'] * 3
+    for m in range(3):
+        probs, labels = exported_model_probs(work_dir / f'gen_{m}', 'test')
+        with np.load(work_dir / f'gen_{m}' / 'test_predictions.npz') as d:
+            np.testing.assert_allclose(d['scores'], probs.numpy(), rtol=0,
+                                       atol=1e-6)
+            np.testing.assert_array_equal(d['labels'], labels.numpy())
+
+
+def test_a_test_set_other_than_the_validation_set_is_predicted(tmp_path):
+    cfg = chain_cfg(tmp_path, **{
+        'generations.num_generations': 1,
+        'test_dataloader.dataset.test_fraction': 0.4,
+    })
+    records = GenerationRunner.from_cfg(cfg).train()
+    assert [r['test_predictions_from'] for r in records] == ['test pass'] * 2
+    from mmpretrain.registry import DATASETS
+    held_out = DATASETS.build(
+        dict(type='SklearnDigits', split='test', test_fraction=0.4))
+    assert len(held_out) > 600  # 40% of each class, not the val set's 25%
+    with np.load(tmp_path / 'gen_1' / 'test_predictions.npz') as d:
+        np.testing.assert_array_equal(
+            d["labels"], held_out.get_gt_labels())
+
+
 def test_report_train_and_a_plugin_backbone_chain(tmp_path):
     """report_train's training-set numbers equal the exported model's own
     predictions on the training split; a model made of the plugin's own
@@ -328,6 +359,9 @@ def chain_result(work_dir):
     for r in records:  # timings differ from run to run
         for key in ('wall_time_s', 'build_time_s', 'finish_time_s'):
             r.pop(key)
+        # A run resumed after its final validation predicts the test set
+        # again (the same numbers, checked by the equality below).
+        r.pop('test_predictions_from')
     exported = [
         weights(work_dir / f'gen_{m}' / 'exported_model.pth')
         for m in range(3)
@@ -408,6 +442,12 @@ def test_chain_under_2_process_ddp_on_the_cpu(tmp_path, python):
         assert_same_weights(
             weights(work_dir / f'gen_{m - 1}' / 'exported_model.pth'),
             weights(work_dir / f'gen_{m - 1}' / 'epoch_1.pth'))
+    # The final validation pass, split over both ranks, gathered in order.
+    assert records[2]['test_predictions_from'] == 'final validation pass'
+    probs, labels = exported_model_probs(work_dir / 'gen_2', 'test')
+    with np.load(work_dir / 'gen_2' / 'test_predictions.npz') as d:
+        np.testing.assert_allclose(d['scores'], probs.numpy(), atol=1e-5)
+        np.testing.assert_array_equal(d['labels'], labels.numpy())
 
 
 def test_overrides_and_hand_on_best(tmp_path):
@@ -424,6 +464,8 @@ def test_overrides_and_hand_on_best(tmp_path):
     best = sorted((tmp_path / 'gen_0').glob('best_accuracy_top1_epoch_*.pth'))
     assert len(best) == 1
     assert records[0]['handed_on'] == best[0].name
+    # The best epoch's model, not the final one: predicted again.
+    assert records[0]['test_predictions_from'] == 'test pass'
     assert_same_weights(
         weights(tmp_path / 'gen_0' / 'exported_model.pth'), weights(best[0]))
 

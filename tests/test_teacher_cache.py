@@ -144,3 +144,140 @@ def test_chain_with_teacher_cache_equals_the_chain_without(tmp_path):
 def dumped_config(gen_dir):
     from mmengine.config import Config
     return Config.fromfile(str(next(gen_dir.glob('*/vis_data/config.py'))))
+
+
+# --- views: a random pipeline replayed from a fixed set of views ---------
+
+RANDOM = [dict(type='RandomCrop', crop_size=8, padding=1),
+          dict(type='RandomFlip', prob=0.5, direction='horizontal'),
+          dict(type='PackInputs')]
+VIEWS = {
+    'train_dataloader.dataset':
+    dict(type='AugmentationViews',
+         dataset=dict(type='SklearnDigits', split='train', pipeline=RANDOM)),
+    'train_dataloader.sampler':
+    dict(type='AugmentationViewSampler', views=2, shuffle=True),
+}
+
+
+def rng_states():
+    import random
+
+    import numpy as np
+    return (random.getstate(), np.random.get_state()[1].copy(),
+            torch.get_rng_state())
+
+
+def test_a_view_is_one_fixed_image_and_leaves_the_global_rngs_alone():
+    import numpy as np
+    views = DATASETS.build(VIEWS['train_dataloader.dataset'])
+    torch.manual_seed(5)
+    np.random.seed(5)
+    before = rng_states()
+    first = [views[(i, v)] for i in range(12) for v in (0, 1)]
+    again = [views[(i, v)] for i in range(12) for v in (0, 1)]
+    after = rng_states()
+    assert before[0] == after[0] and np.array_equal(before[1], after[1]) \
+        and torch.equal(before[2], after[2])
+    for a, b in zip(first, again):
+        assert torch.equal(a['inputs'], b['inputs'])
+    assert [d['data_samples'].aug_view for d in first[:4]] == [0, 1, 0, 1]
+    # 9 crop offsets x 2 flips: views of the same sample differ.
+    differ = sum(not torch.equal(first[2 * i]['inputs'],
+                                 first[2 * i + 1]['inputs'])
+                 for i in range(12))
+    assert differ >= 8
+    # Another seed gives other views; a plain index fresh randomness.
+    other = DATASETS.build(dict(VIEWS['train_dataloader.dataset'], seed=1))
+    assert sum(not torch.equal(other[(i, 0)]['inputs'],
+                               first[2 * i]['inputs']) for i in range(12)) >= 8
+    assert 'aug_view' not in views[3]['data_samples']
+
+
+def test_view_sampler_is_the_default_sampler_with_view_epoch_mod_views():
+    from mmengine.dataset import DefaultSampler
+    from mmtolerant.datasets import AugmentationViewSampler
+    views = DATASETS.build(VIEWS['train_dataloader.dataset'])
+    ours = AugmentationViewSampler(views, views=3, seed=7)
+    reference = DefaultSampler(views, seed=7)
+    for epoch in range(5):
+        ours.set_epoch(epoch)
+        reference.set_epoch(epoch)
+        assert list(ours) == [(i, epoch % 3) for i in reference]
+    with pytest.raises(ValueError, match='views must be an int >= 1, got 0'):
+        AugmentationViewSampler(views, views=0)
+    with pytest.raises(TypeError, match='needs an AugmentationViews dataset'):
+        AugmentationViewSampler(views.dataset, views=2)
+
+
+def test_views_cached_training_equals_live_training_bit_for_bit(
+        digits_teacher, tmp_path):
+    """A random pipeline, 2 views, 4 epochs with the real Runner: the teacher
+    runs in epochs 1-2 only, once per sample and view, and the student equals
+    one trained with the live teacher on the same views."""
+    runners = {}
+    for name, cache in (('live', None), ('cached', dict(views=2))):
+        options = dict(VIEWS, **{'randomness.seed': 3,
+                                 'train_cfg.max_epochs': 4})
+        options['train_dataloader.dataset'] = dict(
+            VIEWS['train_dataloader.dataset'], _delete_=True)
+        if cache is not None:
+            options['model.teacher_cache'] = cache
+            options['custom_hooks'] = [dict(type='TeacherCacheLoggerHook')]
+        runners[name] = train(student_cfg(digits_teacher, tmp_path / name,
+                                          **options))
+    cache = runners['cached'].model.teacher_cache
+    steps = len(runners['cached'].train_dataloader)
+    n = len(runners['cached'].train_dataloader.dataset)
+    assert cache.computed == 2 * n and len(cache) == 2 * n
+    assert cache.misses == 2 * steps and cache.hits == 2 * steps
+    for k, v in weights(tmp_path / 'live').items():
+        assert torch.equal(v, weights(tmp_path / 'cached')[k]), k
+    log = next((tmp_path / 'cached').glob('*/*.log')).read_text()
+    assert (f'teacher cache (2 views), epoch 3: the teacher filled 0 entries '
+            f'(job total {2 * n}, {2 * n} cached), {steps} of {steps} '
+            'batches replayed') in log
+
+
+def weights(work_dir):
+    path = str(next(work_dir.glob('epoch_*.pth')))
+    return extract_state_dict(safe_torch_load(path))
+
+
+def test_views_need_the_wrapped_dataset(digits_teacher, tmp_path):
+    model = build(digits_teacher, tmp_path,
+                  **{'model.teacher_cache': dict(views=2)}).eval()
+    data = model.data_preprocessor(batch(range(4)), training=False)
+    with pytest.raises(ValueError, match="views=2 needs the training set "
+                       "wrapped in dict\\(type='AugmentationViews'"):
+        model.loss(data['inputs'], data['data_samples'])
+    with pytest.raises(ValueError, match='views must be None or an int >= '
+                       '1, got 0'):
+        build(digits_teacher, tmp_path,
+              **{'model.teacher_cache': dict(views=0)})
+
+
+def test_chain_with_views_replays_each_students_teacher(tmp_path):
+    """generations.teacher_cache.views: the students train on the views
+    (their teacher runs in the first `views` epochs only); the patriarch on
+    the ordinary random pipeline; report_train still reads the training
+    set through the test pipeline."""
+    from test_generation_runner import chain_cfg
+    from mmtolerant.engine.runner import GenerationRunner
+    cfg = chain_cfg(tmp_path, **{
+        'generations.num_generations': 1,
+        'generations.teacher_cache': dict(views=2, dtype='float16'),
+        'generations.report_train': True,
+        'train_cfg.max_epochs': 3,
+    })
+    records = GenerationRunner.from_cfg(cfg).train()
+    assert records[1]['train_top1'] > 0
+    student = dumped_config(tmp_path / 'gen_1')
+    assert student.train_dataloader.dataset.type == 'AugmentationViews'
+    assert student.train_dataloader.sampler == dict(
+        type='AugmentationViewSampler', views=2, shuffle=True)
+    assert dumped_config(tmp_path / 'gen_0').train_dataloader.dataset.type \
+        == 'SklearnDigits'
+    log = next((tmp_path / 'gen_1').glob('*/*.log')).read_text()
+    assert 'teacher cache (2 views), epoch 3: the teacher filled 0 entries' \
+        in log

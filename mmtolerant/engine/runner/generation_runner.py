@@ -33,12 +33,15 @@ from mmtolerant.utils.checkpoint import (CheckpointLoadError,
 from mmtolerant.utils.config import merge_cfg_options
 from mmtolerant.utils.export import (EXPORT_CFG, EXPORT_CKPT,
                                      atomic_write_text, export_plain_model)
+from ..hooks.final_val_predictions_hook import (FinalValPredictionsHook,
+                                                use_rank0_buffers)
 from .generation_settings import GenerationSettings
 
 CHAIN_FILE = 'chain.json'
 GENERATION_FILE = 'generation.json'
 # Hooks the runner adds to every generation itself.
-_CHAIN_HOOKS = ('ExportModelHook', 'ChainProgressHook', 'EpochSeedHook')
+_CHAIN_HOOKS = ('ExportModelHook', 'ChainProgressHook', 'EpochSeedHook',
+                'FinalValPredictionsHook', 'TeacherCacheLoggerHook')
 # Config sections that decide what a chain computes: a resume must not mix
 # generations trained under different ones.
 _FINGERPRINT_KEYS = ('model', 'generations', 'train_cfg', 'optim_wrapper',
@@ -188,6 +191,9 @@ class GenerationRunner:
             if self.settings.teacher_cache is not None:
                 model.teacher_cache = copy.deepcopy(
                     self.settings.teacher_cache)
+                views = self.settings.teacher_cache.get('views')
+                if views is not None:
+                    self._use_augmentation_views(cfg, views)
             for key in ('val_evaluator', 'test_evaluator'):
                 evaluators = cfg.get(key)
                 if evaluators is None:
@@ -204,6 +210,25 @@ class GenerationRunner:
         cfg.model = model
         merge_cfg_options(cfg, self.settings.overrides.get(m))
         return cfg
+
+    @staticmethod
+    def _use_augmentation_views(cfg: Config, views: int) -> None:
+        """Train on ``views`` fixed augmentations per sample (see
+        :class:`~mmtolerant.datasets.AugmentationViews`)."""
+        loader = cfg.train_dataloader
+        sampler = dict(loader.get('sampler') or {})
+        if sampler.get('type', 'DefaultSampler') not in (
+                'DefaultSampler', 'mmengine.DefaultSampler'):
+            raise ValueError(
+                'generations.teacher_cache.views needs the training '
+                f'sampler to be a DefaultSampler, got {sampler.get("type")!r}')
+        if loader.get('batch_sampler') is not None:
+            raise ValueError('generations.teacher_cache.views cannot be used '
+                             'with a train_dataloader.batch_sampler')
+        sampler.update(type='AugmentationViewSampler', views=views)
+        loader.sampler = sampler
+        loader.dataset = dict(type='AugmentationViews',
+                              dataset=loader.dataset)
 
     def _add_chain_hooks(self) -> None:
         epochs = [
@@ -223,6 +248,9 @@ class GenerationRunner:
                     role=self.role(m),
                     later_epochs=epochs[m + 1:]))
             hooks.append(dict(type='EpochSeedHook'))
+            hooks.append(dict(type='FinalValPredictionsHook'))
+            if m >= 1 and self.settings.teacher_cache is not None:
+                hooks.append(dict(type='TeacherCacheLoggerHook'))
             cfg.custom_hooks = hooks
 
     def _check_classes(self) -> None:
@@ -464,6 +492,10 @@ class GenerationRunner:
         ``report_train``)."""
         test_cfg = cls._test_loader_cfg(cfg)
         loader_cfg = copy.deepcopy(cfg.train_dataloader)
+        if (loader_cfg.get('dataset') or {}).get('type') == \
+                'AugmentationViews':  # set up by teacher_cache.views
+            loader_cfg.dataset = loader_cfg.dataset.dataset
+            loader_cfg.sampler = dict(type='DefaultSampler', shuffle=False)
         dataset = loader_cfg.get('dataset')
         if not isinstance(dataset, dict) or 'pipeline' not in dataset \
                 or 'pipeline' not in test_cfg.get('dataset', {}):
@@ -478,13 +510,18 @@ class GenerationRunner:
         loader_cfg.pop('batch_sampler', None)
         return loader_cfg
 
-    def _predict(self, model, loader_cfg):
+    def _predict(self, model, loader_cfg, dataset=None):
         """Scores of ``model`` on a dataloader's samples, each rank
         predicting its share; gathered in dataset order on rank 0 (None
-        elsewhere)."""
+        elsewhere). ``dataset``: an already built dataset to use instead of
+        building the config's again."""
         from mmengine.dist import collect_results
         loader_cfg = copy.deepcopy(loader_cfg)
         loader_cfg.sampler = dict(type='DefaultSampler', shuffle=False)
+        if dataset is not None:
+            # build_dataloader deep-copies it: a copy of the parsed data
+            # (one array when serialised, mmengine's default), not a parse.
+            loader_cfg.dataset = dataset
         loader = Runner.build_dataloader(loader_cfg)
         scores, labels = predict_scores(model, loader)
         size = len(loader.dataset)
@@ -494,17 +531,64 @@ class GenerationRunner:
         return (np.stack([r[0] for r in rows]),
                 np.array([r[1] for r in rows], dtype=np.int64))
 
+    def _test_predictions(self, runner, cfg: Config, model):
+        """The handed-on model's test-set scores and labels (rank 0).
+
+        When the test set is the validation set and the handed-on model is
+        the final one, the validation pass that ended training already
+        computed them (``FinalValPredictionsHook``): no second pass. Else
+        the test set is predicted, reusing the validation set's built
+        dataset when the two loaders are configured alike.
+        """
+        test_cfg = self._test_loader_cfg(cfg)
+        same_as_val = cfg.get('val_dataloader') is not None and _digest(
+            test_cfg) == _digest(cfg.val_dataloader)
+        val_loop = getattr(runner, '_val_loop', None)
+        built_val = getattr(val_loop, 'dataloader', None)
+        built_val = built_val if hasattr(built_val, 'dataset') else None
+        hook = next((h for h in runner.hooks
+                     if isinstance(h, FinalValPredictionsHook)), None)
+        # Under DDP each rank validated its own copy: the same weights, but
+        # BatchNorm statistics of its own share of the data unless buffers
+        # are broadcast. The report describes rank 0's model, the one
+        # exported.
+        ranks_agree = use_rank0_buffers(model)
+        if self.settings.hand_on == 'last' and same_as_val and ranks_agree \
+                and built_val is not None and hook is not None \
+                and self._agree(hook.iteration == runner.iter):
+            kept = hook.predictions(len(built_val.dataset))
+            if self._agree(kept is not None):
+                return (kept if is_main_process() else (None, None)), \
+                    'final validation pass'
+        dataset = built_val.dataset if same_as_val and built_val else None
+        return self._predict(model, test_cfg, dataset), 'test pass'
+
+    def _train_eval_predictions(self, runner, cfg: Config, model):
+        """Scores on the training set seen through the test pipeline, from
+        the run's built training dataset with the test pipeline swapped
+        in (no second parse of the training files)."""
+        from mmengine.dataset import BaseDataset, Compose
+        loader_cfg = self._train_eval_loader_cfg(cfg)
+        built = runner.train_dataloader.dataset
+        built = getattr(built, 'dataset', built)  # AugmentationViews
+        dataset = None
+        if isinstance(built, BaseDataset) and built._fully_initialized:
+            dataset = copy.copy(built)
+            dataset.pipeline = Compose(loader_cfg.dataset.pipeline)
+        return self._predict(model, loader_cfg, dataset)
+
     def _finish_generation(self, m: int, runner, cfg: Config, wall: float,
                            build: float) -> None:
         """Export, predict the test set and report (all ranks take part in
         the prediction; rank 0 writes)."""
         started = time.time()
         model, handed_on = self._handed_on_model(runner, m)
-        scores, labels = self._predict(model, self._test_loader_cfg(cfg))
+        (scores, labels), test_source = self._test_predictions(
+            runner, cfg, model)
         train_stats = {}
         if self.settings.report_train:
-            train_scores, train_labels = self._predict(
-                model, self._train_eval_loader_cfg(cfg))
+            train_scores, train_labels = self._train_eval_predictions(
+                runner, cfg, model)
             if train_scores is not None:
                 stats = prediction_stats(train_scores, train_labels,
                                          self.settings.report_k)
@@ -541,6 +625,7 @@ class GenerationRunner:
         # runner (teacher included) and this export/prediction/report step.
         record['build_time_s'] = round(build, 2)
         record['finish_time_s'] = round(time.time() - started, 2)
+        record['test_predictions_from'] = test_source
         self.records.append(record)
 
         atomic_write_text(

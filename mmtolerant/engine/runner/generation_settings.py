@@ -50,8 +50,14 @@ class GenerationSettings:
             Default False.
         teacher_cache (dict, optional): Given to every student as
             ``DistillImageClassifier(teacher_cache=...)``: replay the
-            teacher's outputs after the first epoch (deterministic training
-            inputs only). Default None.
+            teacher's outputs instead of recomputing them. ``dict()`` or
+            ``dict(dtype='float16')`` for deterministic training inputs
+            (the teacher runs in the first epoch only); add ``views=V`` for
+            a random training pipeline: each student's training set is then
+            wrapped in ``AugmentationViews`` and sampled by
+            ``AugmentationViewSampler``, so that epoch e shows the fixed
+            view ``e % V`` of each sample and the teacher runs in the first
+            V epochs only. Default None.
     """
     num_generations: int
     tolerant: str = 'patriarch'

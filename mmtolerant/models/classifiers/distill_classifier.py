@@ -157,12 +157,15 @@ class DistillImageClassifier(ImageClassifier):
             validation/test sample as ``teacher_pred_score``, which the
             ``TeacherAccuracy`` metric reads. Defaults to True.
         teacher_cache (dict, optional): Replay the teacher's training-set
-            logits from memory after the first epoch instead of running the
-            teacher again (see :class:`TeacherOutputCache`): ``dict()`` or
-            ``dict(dtype='float16')``. Only for deterministic training
-            inputs (no random augmentation, no batch augments); a sample
-            whose input changed stops training with an error. Defaults to
-            None (live teacher at every step).
+            logits from memory instead of running the teacher again (see
+            :class:`TeacherOutputCache`): ``dict()``,
+            ``dict(dtype='float16')``, and ``views=V`` for a random training
+            pipeline made of V fixed views per sample (the dataset wrapped in
+            ``AugmentationViews``, sampled by ``AugmentationViewSampler``).
+            Without ``views``, only for deterministic training inputs; a
+            sample whose input changed stops training with an error; batch
+            augments are refused. Defaults to None (live teacher at every
+            step).
         teacher_autocast (str, optional): Run the teacher's forward pass
             under ``torch.autocast`` in ``'bfloat16'`` or ``'float16'``
             even when the run itself is float32: about half the teacher's
@@ -260,18 +263,8 @@ class DistillImageClassifier(ImageClassifier):
         cache = self.teacher_cache
         if cache is None:
             return self.teacher_logits(inputs)
-        index = [s.metainfo.get('sample_idx') for s in data_samples]
-        if any(i is None for i in index):
-            raise ValueError(
-                'teacher_cache needs the `sample_idx` of every training '
-                "sample (PackInputs' default meta_keys keep it)")
-        index = torch.as_tensor(index, dtype=torch.long)
-        cached = cache.lookup(index, inputs)
-        if cached is not None:
-            return cached
-        logits = self.teacher_logits(inputs)
-        cache.store(index, inputs, logits)
-        return logits
+        return cache.targets(cache.keys(data_samples), inputs,
+                             self.teacher_logits)
 
     def _check_teacher(self, teacher: nn.Module, checkpoint: str) -> None:
         s_classes, t_classes = _num_classes(self), _num_classes(teacher)

@@ -6,6 +6,12 @@ epoch: the first epoch computes them, every later epoch reads them back, so
 the student trains at the cost of plain training (the idea of FKD, for the
 case where one "augmentation" per sample is all there is).
 
+With a random pipeline, ``views=V`` keys the cache by (sample, view): the
+training set is wrapped in :class:`~mmtolerant.datasets.AugmentationViews`
+and sampled by :class:`~mmtolerant.datasets.AugmentationViewSampler`, so
+that epoch e shows view ``e % V`` of each sample, always the same image. The
+teacher then runs once per sample and view, in the first V epochs.
+
 Each cached sample also keeps a fingerprint of the input the teacher saw
 (its preprocessed pixels' L1 norm and their dot product with a fixed
 pseudo-random pattern, so that a flip or a shift changes it too). A sample whose input
@@ -13,40 +19,54 @@ differs from the cached one stops training with an error instead of
 receiving another image's targets: a random transform, Mixup/CutMix, or a
 dataset wrapper whose samples share a ``sample_idx`` (``ConcatDataset``).
 """
-from typing import Optional
+from typing import List, Optional
 
 import torch
+from mmengine.dist import all_gather, all_reduce, get_world_size
 from mmengine.logging import print_log
 
 DTYPES = {'float32': torch.float32, 'float16': torch.float16}
 
 
 class TeacherOutputCache:
-    """Teacher logits by ``sample_idx``, on the CPU.
+    """Teacher logits by ``sample_idx`` (and view), on the CPU.
 
-    Memory: ``samples x classes x (4 | 2) bytes`` (float32 | float16) plus
-    8 bytes of fingerprint per sample, per process (each DDP rank caches
-    the samples it sees). The cache lives in memory only: after a resume the
-    first epoch fills it again from the live teacher, which gives the same
-    values.
+    Memory: ``samples x views x classes x (4 | 2) bytes`` (float32 |
+    float16) plus 9 bytes of fingerprint and flag per entry, in every
+    process. Under DDP the ranks share what they compute (each step in
+    which some rank's batch was not cached, the ranks exchange that step's
+    teacher outputs), so every rank holds the whole cache and the teacher
+    runs once per sample and view for the whole job, not once per rank.
+    The cache lives in memory only: after a resume the first epochs fill it
+    again from the live teacher, which gives the same values.
 
     Args:
         dtype (str): ``'float32'`` (replays the teacher's logits exactly) or
             ``'float16'`` (half the memory; logits rounded to 3 significant
             digits).
+        views (int, optional): Augmentation views per sample for a random
+            training pipeline (see the module docstring); None for a
+            deterministic pipeline (one entry per sample).
     """
 
-    def __init__(self, dtype: str = 'float32'):
+    def __init__(self, dtype: str = 'float32', views: Optional[int] = None):
         if dtype not in DTYPES:
             raise ValueError(f'teacher_cache.dtype must be one of '
                              f'{sorted(DTYPES)}, got {dtype!r}')
+        if views is not None and (isinstance(views, bool)
+                                  or not isinstance(views, int)
+                                  or views < 1):
+            raise ValueError('teacher_cache.views must be None or an int '
+                             f'>= 1, got {views!r}')
+        self.views = views
         self.dtype = DTYPES[dtype]
         self.logits: Optional[torch.Tensor] = None
         self.prints = torch.zeros(0, 2, dtype=torch.float32)
         self._patterns = {}
         self.filled = torch.zeros(0, dtype=torch.bool)
-        self.hits = 0
-        self.misses = 0
+        self.hits = 0  # batches replayed
+        self.misses = 0  # batches the teacher ran on
+        self.computed = 0  # entries the teacher filled (all ranks)
 
     def __len__(self) -> int:
         return int(self.filled.sum())
@@ -83,16 +103,45 @@ class TeacherOutputCache:
                                                   self.filled)
         self.logits, self.prints, self.filled = logits, prints, filled
         print_log(
-            f'[mmtolerant] teacher cache: room for {capacity} samples x '
+            f'[mmtolerant] teacher cache: room for {capacity} entries x '
             f'{num_classes} classes ({self.nbytes / 2**20:.1f} MiB of CPU '
             'memory)', logger='current')
+
+    def keys(self, data_samples) -> torch.Tensor:
+        """Cache keys of a batch: ``sample_idx`` (x views + ``aug_view``)."""
+        index = [s.metainfo.get('sample_idx') for s in data_samples]
+        if any(i is None for i in index):
+            raise ValueError(
+                'teacher_cache needs the `sample_idx` of every training '
+                "sample (PackInputs' default meta_keys keep it)")
+        index = torch.as_tensor(index, dtype=torch.long)
+        if self.views is None:
+            return index
+        views = [s.metainfo.get('aug_view') for s in data_samples]
+        if any(v is None for v in views):
+            raise ValueError(
+                f'teacher_cache.views={self.views} needs the training set '
+                "wrapped in dict(type='AugmentationViews', dataset=...) and "
+                "sampled by dict(type='AugmentationViewSampler', "
+                f'views={self.views}) (a chain with '
+                'generations.teacher_cache.views sets both up itself)')
+        views = torch.as_tensor(views, dtype=torch.long)
+        if int(views.max()) >= self.views:
+            raise ValueError(
+                f'a training sample is augmentation view {int(views.max())} '
+                f'but teacher_cache.views={self.views}: the sampler\'s views '
+                'must equal the cache\'s')
+        return index * self.views + views
+
+    def _missing(self, index: torch.Tensor) -> bool:
+        return self.logits is None or int(index.max()) >= len(self.filled) \
+            or not bool(self.filled[index].all())
 
     def lookup(self, index: torch.Tensor,
                inputs: torch.Tensor) -> Optional[torch.Tensor]:
         """The cached logits (float32, on ``inputs.device``) when every
         sample of the batch is cached, else None."""
-        if self.logits is None or int(index.max()) >= len(self.filled) \
-                or not bool(self.filled[index].all()):
+        if self._missing(index):
             self.misses += 1
             return None
         current = self.fingerprint(inputs)
@@ -108,19 +157,64 @@ class TeacherOutputCache:
                 f'(fingerprint {current[i].tolist()} vs '
                 f'{stored[i].tolist()}). The cache needs a '
                 'deterministic training input: no random transforms in the '
-                'train pipeline, no batch augments, and one sample per '
-                'sample_idx (not ConcatDataset). Remove teacher_cache to '
-                'train with the live teacher.')
+                'train pipeline unless teacher_cache.views is set, no batch '
+                'augments, and one sample per sample_idx (not '
+                'ConcatDataset). Remove teacher_cache to train with the live '
+                'teacher.')
         self.hits += 1
         return self.logits[index].to(device=inputs.device,
                                      dtype=torch.float32)
 
     def store(self, index: torch.Tensor, inputs: torch.Tensor,
               logits: torch.Tensor) -> None:
+        self._put(index, self.fingerprint(inputs), logits)
+
+    def _put(self, index, prints, logits) -> None:
         self._grow(int(index.max()) + 1, logits.shape[1])
+        self.computed += int((~self.filled[index]).sum())
         self.logits[index] = logits.detach().to('cpu', self.dtype)
-        self.prints[index] = self.fingerprint(inputs)
+        self.prints[index] = prints.cpu()
         self.filled[index] = True
+
+    def targets(self, index: torch.Tensor, inputs: torch.Tensor,
+                teacher) -> torch.Tensor:
+        """The teacher's logits for a batch: replayed when cached, else
+        ``teacher(inputs)`` (and stored). Under DDP every rank must call it
+        once per step: ranks exchange what any of them computed."""
+        cached = self.lookup(index, inputs)
+        if get_world_size() == 1:
+            if cached is None:
+                cached = teacher(inputs)
+                self.store(index, inputs, cached)
+            return cached
+        missed = torch.tensor([float(cached is None)], device=inputs.device)
+        all_reduce(missed)
+        if float(missed) == 0:
+            return cached
+        logits = teacher(inputs) if cached is None else cached
+        prints = self.fingerprint(inputs).to(inputs.device)
+        shared = self._gather([
+            index.to(inputs.device).double(),
+            prints.double(),
+            logits.detach().double()
+        ])
+        for k, p, v in zip(*shared):
+            if len(k):
+                self._put(k.long().cpu(), p.float(), v.float())
+        return logits
+
+    @staticmethod
+    def _gather(parts: List[torch.Tensor]) -> List[List[torch.Tensor]]:
+        """Every rank's ``parts`` (tensors of equal first dimension, which
+        may differ between ranks), as lists over ranks."""
+        n = torch.tensor([float(len(parts[0]))], device=parts[0].device)
+        sizes = [int(s) for s in all_gather(n)]
+        padded = []
+        for part in parts:
+            pad = part.new_zeros((max(sizes) - len(part), ) + part.shape[1:])
+            padded.append(torch.cat([part, pad]))
+        return [[g[:size] for g, size in zip(all_gather(p), sizes)]
+                for p in padded]
 
 
 def teacher_cache_from_cfg(cfg: dict, owner: str) -> TeacherOutputCache:
@@ -129,10 +223,10 @@ def teacher_cache_from_cfg(cfg: dict, owner: str) -> TeacherOutputCache:
     if not isinstance(cfg, dict):
         raise ValueError(f'{owner}: teacher_cache must be None or a dict '
                          f"such as dict(dtype='float16'), got {cfg!r}")
-    unknown = sorted(set(cfg) - {'dtype'})
+    unknown = sorted(set(cfg) - {'dtype', 'views'})
     if unknown:
         raise ValueError(f'{owner}: unknown teacher_cache keys {unknown} '
-                         '(known: dtype)')
+                         '(known: dtype, views)')
     try:
         return TeacherOutputCache(**cfg)
     except ValueError as e:
