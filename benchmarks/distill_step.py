@@ -11,8 +11,12 @@ Measured side by side in one run, on the same model, batch and machine:
                warm-up filled the cache, as the first epoch does);
 - ``distill_bf16``: ``distill`` with ``teacher_autocast='bfloat16'`` (the
                teacher alone in bfloat16, the student in the run's precision);
+- ``distill_compiled``: ``distill`` with ``teacher_compile=True`` (the
+               teacher's forward under ``torch.compile`` with inductor
+               freezing, float32; the warm-up steps include the compilation);
 - ``teacher``: the teacher's forward pass alone on the preprocessed batch
                (the profile: what ``distill`` adds to ``plain``);
+- ``teacher_compiled``: the same, compiled as in ``distill_compiled``;
 - ``handkd``:  a minimal hand-written KD step (student + ``no_grad`` teacher,
                CE + KL, backward, SGD step): what any KD implementation costs
                at least;
@@ -94,7 +98,8 @@ def build_variant(args, workdir):
     if args.amp:
         optim_cfg['dtype'] = 'bfloat16' if args.device == 'cpu' else None
     teacher_ckpt = os.path.join(workdir, 'teacher.pth')
-    if args.variant in ('distill', 'cached', 'distill_bf16', 'teacher',
+    if args.variant in ('distill', 'cached', 'distill_bf16',
+                        'distill_compiled', 'teacher', 'teacher_compiled',
                         'handkd', 'torchdistill') \
             and not os.path.exists(teacher_ckpt):
         torch.manual_seed(1)
@@ -104,7 +109,8 @@ def build_variant(args, workdir):
 
     if args.variant == 'plain':
         model = REG.build(classifier_cfg(args.model)).to(device)
-    elif args.variant in ('distill', 'cached', 'distill_bf16', 'teacher'):
+    elif args.variant in ('distill', 'cached', 'distill_bf16',
+                          'distill_compiled', 'teacher', 'teacher_compiled'):
         cfg = classifier_cfg(args.model)
         cfg.update(type='DistillImageClassifier', lam=0.5,
                    teacher=dict(config=classifier_cfg(args.model),
@@ -113,19 +119,23 @@ def build_variant(args, workdir):
             cfg['teacher_cache'] = dict()
         if args.variant == 'distill_bf16':
             cfg['teacher_autocast'] = 'bfloat16'
+        if args.variant in ('distill_compiled', 'teacher_compiled'):
+            cfg['teacher_compile'] = True
         model = REG.build(cfg).to(device)
-    if args.variant == 'teacher':
+    if args.variant in ('teacher', 'teacher_compiled'):
         model.train()
+        compiled = args.variant == 'teacher_compiled'
 
         def teacher_step(batch):
             data = model.data_preprocessor(batch, True)
             with torch.autocast(device.type, enabled=args.amp,
                                 dtype=torch.bfloat16 if args.device == 'cpu'
                                 else torch.float16):
-                return model.teacher_logits(data['inputs'])
+                return model.teacher_logits(data['inputs'], compiled)
 
         return teacher_step, model
-    if args.variant in ('plain', 'distill', 'cached', 'distill_bf16'):
+    if args.variant in ('plain', 'distill', 'cached', 'distill_bf16',
+                        'distill_compiled'):
         model.train()
         optim = build_optim_wrapper(model, optim_cfg)
         return (lambda batch: model.train_step(batch, optim)), model
@@ -244,7 +254,8 @@ def main():
     parser.add_argument('--rounds', type=int, default=3)
     parser.add_argument('--variants', nargs='+',
                         default=['plain', 'distill', 'distill_bf16',
-                                 'cached', 'teacher', 'handkd',
+                                 'distill_compiled', 'cached', 'teacher',
+                                 'teacher_compiled', 'handkd',
                                  'torchdistill'])
     parser.add_argument('--out', help='write the results as JSON here')
     parser.add_argument('--variant', help=argparse.SUPPRESS)

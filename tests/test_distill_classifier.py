@@ -287,3 +287,33 @@ def test_teacher_autocast_runs_the_teacher_in_bf16_close_to_float32(
     with pytest.raises(ValueError, match="teacher_autocast must be None, "
                        "'bfloat16' or 'float16', got 'fp8'"):
         MODELS.build(cfg.model)
+
+
+def test_teacher_compile_gives_the_eager_teachers_targets(digits_teacher,
+                                                          tmp_path):
+    """torch.compile with inductor freezing: the training loss sees the
+    eager teacher's logits (to float rounding); validation keeps the eager
+    teacher; a compiled student would not be frozen by it."""
+    import torch._inductor.config as inductor_config
+    cfg = student_cfg(digits_teacher, tmp_path)
+    cfg.model.data_preprocessor = cfg.data_preprocessor
+    eager = MODELS.build(cfg.model).eval()
+    cfg.model.teacher_compile = True
+    compiled = MODELS.build(cfg.model).eval()
+    compiled.load_state_dict(eager.state_dict())
+    data = eager.data_preprocessor(digits_batch(), training=False)
+    t_eager = eager.teacher_logits(data['inputs'])
+    t_compiled = compiled.teacher_logits(data['inputs'], compiled=True)
+    assert compiled._compiled_teacher is not None
+    assert t_compiled.dtype == torch.float32 and not t_compiled.is_inference()
+    torch.testing.assert_close(t_compiled, t_eager, rtol=1e-4, atol=1e-5)
+    kd_eager = eager.loss(data['inputs'], data['data_samples'])['loss_kd']
+    kd_compiled = compiled.loss(data['inputs'],
+                                data['data_samples'])['loss_kd']
+    assert kd_compiled.item() == pytest.approx(kd_eager.item(), rel=1e-4)
+    assert inductor_config.freezing is False
+    cfg.model.teacher_compile = 'yes'
+    with pytest.raises(ValueError, match="teacher_compile must be True, "
+                       "False or a dict of torch.compile arguments, got "
+                       "'yes'"):
+        MODELS.build(cfg.model)

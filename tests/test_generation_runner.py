@@ -202,6 +202,10 @@ def test_report_train_and_a_plugin_backbone_chain(tmp_path):
         probs.max(1).values.mean().item(), abs=1e-4)
     for r in records:
         assert r['build_time_s'] >= 0 and r['finish_time_s'] >= 0
+        assert set(r['finish_parts_s']) == {
+            'test_predictions', 'report_train', 'export', 'statistics'}
+        assert sum(r['finish_parts_s'].values()) == pytest.approx(
+            r['finish_time_s'], abs=0.02)
     with open(tmp_path / 'generations.md') as f:
         assert '| train top-1 | train mean top-1 prob |' in f.read()
 
@@ -225,6 +229,10 @@ def test_report_train_and_a_plugin_backbone_chain(tmp_path):
     ({'generations.teacher_loss.k': 20}, 'k=20 is larger than num_classes=10'),
     ({'generations.report_k': 11}, 'report_k=11'),
     ({'generations.report_train': 'yes'}, 'report_train must be True or'),
+    ({'generations.teacher_autocast': 'fp8'},
+     "teacher_autocast must be None, 'bfloat16' or 'float16', got 'fp8'"),
+    ({'generations.teacher_compile': 1},
+     'teacher_compile must be True, False or a dict'),
     ({'generations.teacher_cache': 'yes'},
      'generations: teacher_cache must be None or a dict'),
     ({'generations.teacher_cache': {'dtype': 'int8'}},
@@ -357,7 +365,8 @@ def chain_result(work_dir):
     with open(work_dir / 'generations.json') as f:
         records = json.load(f)
     for r in records:  # timings differ from run to run
-        for key in ('wall_time_s', 'build_time_s', 'finish_time_s'):
+        for key in ('wall_time_s', 'build_time_s', 'finish_time_s',
+                    'finish_parts_s'):
             r.pop(key)
         # A run resumed after its final validation predicts the test set
         # again (the same numbers, checked by the equality below).
@@ -740,3 +749,17 @@ def test_linear_probe_summary_is_mean_and_std_per_label_and_generation():
     assert summary[('TSD-all', 'M1')]['std'] == 0.0
     assert summary[('strict', 'M0')]['runs'] == 2
     assert tool.summarise(rows[:1] + rows[2:3] + rows[4:5]) == []
+
+
+def test_teacher_options_reach_every_student_and_only_students(tmp_path):
+    cfg = chain_cfg(tmp_path, **{
+        'generations.teacher_autocast': 'bfloat16',
+        'generations.teacher_compile': dict(mode='reduce-overhead'),
+    })
+    runner = GenerationRunner.from_cfg(cfg)
+    patriarch = runner.generation_cfgs[0].model
+    assert 'teacher_autocast' not in patriarch \
+        and 'teacher_compile' not in patriarch
+    for student in runner.generation_cfgs[1:]:
+        assert student.model.teacher_autocast == 'bfloat16'
+        assert student.model.teacher_compile == dict(mode='reduce-overhead')

@@ -146,10 +146,14 @@ def plot_chains(chains: Dict[str, List[dict]], path: str,
     (dashed). Right: the mean top-1 probability (how confident, i.e. how
     little secondary information each generation keeps). One colour per
     chain, so several chains compare side by side."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    fig, (ax, ax_conf) = plt.subplots(1, 2, figsize=(10, 4.0), dpi=120)
+    # The object API, not pyplot: no global figure state, so a chain can
+    # draw its report in a background thread while the next generation
+    # builds.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(10, 4.0), dpi=120)
+    FigureCanvasAgg(fig)
+    ax, ax_conf = fig.subplots(1, 2)
     single = len(chains) == 1
     for i, (name, records) in enumerate(chains.items()):
         color = f'C{i}'
@@ -179,15 +183,23 @@ def plot_chains(chains: Dict[str, List[dict]], path: str,
     fig.tight_layout()
     tmp = f'{path}.tmp-{os.getpid()}.png'
     fig.savefig(tmp)
-    plt.close(fig)
     os.replace(tmp, path)
 
 
-def write_report(work_dir: str, records: List[dict], title: str) -> None:
-    """``generations.json``, ``generations.md`` and ``generations.png``."""
+def write_report(work_dir: str, records: List[dict], title: str,
+                 plot: bool = True) -> None:
+    """``generations.json``, ``generations.md`` and (with ``plot``)
+    ``generations.png`` (see :func:`plot_report`)."""
     from mmtolerant.utils.export import atomic_write_text
     atomic_write_text(
         json.dumps(records, indent=2), osp.join(work_dir, REPORT_JSON))
     atomic_write_text(
         render_markdown(records, title), osp.join(work_dir, REPORT_MD))
-    plot_chains({title: records}, osp.join(work_dir, REPORT_PNG), title)
+    if plot:
+        plot_report(work_dir, records, title)
+
+
+def plot_report(work_dir: str, records: List[dict], title: str) -> None:
+    """``generations.png`` of a chain's records."""
+    plot_chains({title: list(records)}, osp.join(work_dir, REPORT_PNG),
+                title)

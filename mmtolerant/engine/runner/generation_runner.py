@@ -5,6 +5,7 @@ import json
 import os
 import os.path as osp
 import re
+import threading
 import time
 from typing import Any, Dict, List, Optional
 
@@ -21,6 +22,7 @@ from mmtolerant.evaluation.generation_report import (PREDICTIONS,
                                                      ensemble_scores,
                                                      generation_paths,
                                                      load_predictions,
+                                                     plot_report,
                                                      predict_scores,
                                                      prediction_stats,
                                                      render_markdown,
@@ -80,6 +82,21 @@ def _num_classes(model_cfg: dict) -> Optional[int]:
         if isinstance(value, int):
             return value
     return None
+
+
+class _GenerationConfig(Config):
+    """A generation's config. MMEngine's Runner formats its config with yapf
+    three times while it builds (log, dump, visualizer): here the text is
+    formatted once per content."""
+
+    @property
+    def pretty_text(self) -> str:
+        key = repr(self._cfg_dict)
+        cached = self.__dict__.get('_pretty_text_cache')
+        if cached is None or cached[0] != key:
+            cached = (key, super().pretty_text)
+            super(Config, self).__setattr__('_pretty_text_cache', cached)
+        return cached[1]
 
 
 @MMENGINE_RUNNERS.register_module()
@@ -194,6 +211,11 @@ class GenerationRunner:
                 views = self.settings.teacher_cache.get('views')
                 if views is not None:
                     self._use_augmentation_views(cfg, views)
+            if self.settings.teacher_autocast is not None:
+                model.teacher_autocast = self.settings.teacher_autocast
+            if self.settings.teacher_compile is not False:
+                model.teacher_compile = copy.deepcopy(
+                    self.settings.teacher_compile)
             for key in ('val_evaluator', 'test_evaluator'):
                 evaluators = cfg.get(key)
                 if evaluators is None:
@@ -427,6 +449,7 @@ class GenerationRunner:
                      f'top-1 {self.records[-1]["top1"]:.2f}; not retrained')
                 continue
             cfg = copy.deepcopy(self.generation_cfgs[m])
+            object.__setattr__(cfg, "__class__", _GenerationConfig)
             if m >= 1:
                 teacher = cfg.model.teacher.checkpoint
                 if not osp.isfile(teacher):
@@ -448,12 +471,19 @@ class GenerationRunner:
                 with open(osp.join(self.gen_dir(m), GENERATION_FILE)) as f:
                     self.records.append(json.load(f))
             del runner
+        self._join_plot()
         if is_main_process():
             _log(f'chain finished in {time.time() - chain_start:.0f} s '
                  f'(this process); report in '
                  f'{osp.join(self.work_dir, "generations.md")}\n' +
                  render_markdown(self.records, self.title))
         return self.records
+
+    def _join_plot(self) -> None:
+        plotter = getattr(self, '_plotter', None)
+        if plotter is not None:
+            plotter.join()
+            self._plotter = None
 
     @property
     def title(self) -> str:
@@ -582,9 +612,11 @@ class GenerationRunner:
         """Export, predict the test set and report (all ranks take part in
         the prediction; rank 0 writes)."""
         started = time.time()
+        parts = {}
         model, handed_on = self._handed_on_model(runner, m)
         (scores, labels), test_source = self._test_predictions(
             runner, cfg, model)
+        parts['test_predictions'] = time.time() - started
         train_stats = {}
         if self.settings.report_train:
             train_scores, train_labels = self._train_eval_predictions(
@@ -595,6 +627,8 @@ class GenerationRunner:
                 train_stats = dict(
                     train_top1=stats['top1'],
                     train_mean_top1_prob=stats['mean_top1_prob'])
+            parts['report_train'] = time.time() - started - sum(
+                parts.values())
         if not is_main_process():
             return
         dataset_meta = getattr(runner.train_dataloader.dataset, 'metainfo',
@@ -602,6 +636,7 @@ class GenerationRunner:
         export_plain_model(
             cfg, model, self.gen_dir(m), dataset_meta=dataset_meta,
             extra_meta=dict(generation=m, handed_on=handed_on))
+        parts['export'] = time.time() - started - sum(parts.values())
         scores = save_predictions(
             osp.join(self.gen_dir(m), PREDICTIONS), scores, labels)
         record = dict(
@@ -623,15 +658,27 @@ class GenerationRunner:
         record['teacher_top1'] = self.records[m - 1]['top1'] if m else None
         # What the chain adds to an ordinary mmpretrain run: building the
         # runner (teacher included) and this export/prediction/report step.
+        # The report's tables are written after this (milliseconds), its
+        # plot in the background while the next generation runs.
         record['build_time_s'] = round(build, 2)
         record['finish_time_s'] = round(time.time() - started, 2)
+        parts['statistics'] = time.time() - started - sum(parts.values())
+        record['finish_parts_s'] = {k: round(v, 3) for k, v in parts.items()}
         record['test_predictions_from'] = test_source
         self.records.append(record)
 
         atomic_write_text(
             json.dumps(record, indent=2),
             osp.join(self.gen_dir(m), GENERATION_FILE))
-        write_report(self.work_dir, self.records, self.title)
+        # The plot (a few tenths of a second) is drawn while the next
+        # generation builds and trains; the tables are written now.
+        write_report(self.work_dir, self.records, self.title, plot=False)
+        self._join_plot()
+        self._plotter = threading.Thread(
+            target=plot_report,
+            args=(self.work_dir, list(self.records), self.title),
+            name='chain-report-plot')
+        self._plotter.start()
         _log(f'generation {m}/{self.num_generations} finished: top-1 '
              f'{record["top1"]:.2f}, ensemble M{members[0]}..M{members[-1]} '
              f'{record["ensemble_top1"]:.2f}, mean top-1 prob '

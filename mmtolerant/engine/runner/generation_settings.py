@@ -58,6 +58,15 @@ class GenerationSettings:
             ``AugmentationViewSampler``, so that epoch e shows the fixed
             view ``e % V`` of each sample and the teacher runs in the first
             V epochs only. Default None.
+        teacher_autocast (str, optional): Given to every student as
+            ``DistillImageClassifier(teacher_autocast=...)``: ``'bfloat16'``
+            or ``'float16'`` runs the teachers alone in that precision.
+            Default None (the run's own precision).
+        teacher_compile (bool | dict): Given to every student as
+            ``DistillImageClassifier(teacher_compile=...)``: the teachers'
+            forward passes under ``torch.compile`` (worth it when a
+            generation trains for much longer than the compilation's tens
+            of seconds). Default False.
     """
     num_generations: int
     tolerant: str = 'patriarch'
@@ -71,6 +80,8 @@ class GenerationSettings:
     report_k: Optional[int] = None
     report_train: bool = False
     teacher_cache: Optional[Dict[str, Any]] = None
+    teacher_autocast: Optional[str] = None
+    teacher_compile: Any = False
 
     @classmethod
     def from_cfg(cls, cfg: Optional[dict]) -> 'GenerationSettings':
@@ -142,6 +153,12 @@ class GenerationSettings:
             # The students' own check, run now: a bad cache setting must not
             # wait for generation 1 to be found.
             teacher_cache_from_cfg(self.teacher_cache, 'generations')
+        if self.teacher_autocast not in (None, 'bfloat16', 'float16'):
+            _fail("teacher_autocast must be None, 'bfloat16' or 'float16', "
+                  f'got {self.teacher_autocast!r}')
+        if not isinstance(self.teacher_compile, (bool, dict)):
+            _fail('teacher_compile must be True, False or a dict of '
+                  f'torch.compile arguments, got {self.teacher_compile!r}')
         if not isinstance(self.report_train, bool):
             _fail(f'report_train must be True or False, got '
                   f'{self.report_train!r}')
