@@ -25,8 +25,10 @@ Measured side by side in one run, on the same model, batch and machine:
 Every variant runs in its own process (a clean peak-memory reading); the
 variants take turns, round after round, so that drifts of a noisy machine hit
 them alike. Reported: median seconds per step after warm-up, images/s, peak
-memory (CPU: peak RSS of the process; GPU: peak allocated), each as a ratio to
-``plain``.
+memory during the timed steps (CPU: peak RSS of the process, its high-water
+mark reset after the warm-up; GPU: peak allocated), each as a ratio to
+``plain``, and the time ratio of each round (against that round's ``plain``)
+to show the machine's noise.
 
     python benchmarks/distill_step.py                         # CPU, CIFAR ResNet-18, batch 64
     python benchmarks/distill_step.py --device cuda --amp --model resnet50_in1k --batch 128
@@ -192,6 +194,29 @@ def build_variant(args, workdir):
     raise ValueError(f'unknown variant {args.variant!r}')
 
 
+def reset_peak_rss():
+    """Start the CPU peak-memory reading after the warm-up (as
+    ``reset_peak_memory_stats`` on the GPU), so that one-time costs such as
+    a compilation are not counted: Linux resets VmHWM on '5'."""
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+    except OSError:
+        pass  # elsewhere: the whole process's peak
+
+
+def peak_rss():
+    """Peak resident memory (bytes) since ``reset_peak_rss``."""
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('VmHWM:'):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def measure(args):
     """Child process: time ``steps`` steps after ``warmup``; print JSON."""
     import torch
@@ -214,15 +239,55 @@ def measure(args):
     sync()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    else:
+        reset_peak_rss()
     times = []
     for _ in range(args.steps):
         start = time.perf_counter()
         step(batch)
         sync()
         times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() if cuda else \
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = torch.cuda.max_memory_allocated() if cuda else peak_rss()
     print('RESULT ' + json.dumps(dict(times=times, peak_bytes=peak)))
+
+
+def measure_interleaved(args, variants):
+    """All variants in this one process, taking turns step by step: drifts
+    of a noisy machine (seconds to minutes) hit them alike. Time only (the
+    memory of one process holding every variant says nothing per variant).
+    """
+    import torch
+    torch.set_num_threads(args.threads)
+    batch = make_batch(args.model, args.batch)
+    steps = {}
+    with tempfile.TemporaryDirectory() as workdir:
+        for v in variants:
+            args.variant = v
+            steps[v], _ = build_variant(args, workdir)
+    args.variant = None
+    times = {v: [] for v in variants}
+    for _ in range(args.warmup):
+        for v in variants:
+            steps[v](batch)
+    for _ in range(args.steps * args.rounds):
+        for v in variants:
+            start = time.perf_counter()
+            steps[v](batch)
+            times[v].append(time.perf_counter() - start)
+    base = statistics.median(times['plain'])
+    print('\n| variant | ms/step (median) | time vs plain | paired ratio '
+          '(median of step / the plain step before it) |')
+    print('| --- | --- | --- | --- |')
+    rows = []
+    for v in variants:
+        med = statistics.median(times[v])
+        paired = statistics.median(
+            t / p for t, p in zip(times[v], times['plain']))
+        rows.append(dict(variant=v, ms_per_step=med * 1000,
+                         time_ratio=med / base, paired_ratio=paired))
+        print(f'| {v} | {med * 1000:.1f} | {med / base:.3f} | '
+              f'{paired:.3f} |')
+    return rows
 
 
 def available_variants(requested):
@@ -258,6 +323,10 @@ def main():
                                  'teacher_compiled', 'handkd',
                                  'torchdistill'])
     parser.add_argument('--out', help='write the results as JSON here')
+    parser.add_argument(
+        '--interleave', action='store_true',
+        help='time every variant in one process, step by step in turn '
+        '(robust to a noisy machine; no memory figures)')
     parser.add_argument('--variant', help=argparse.SUPPRESS)
     parser.add_argument('--workdir', help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -265,11 +334,23 @@ def main():
         return measure(args)
 
     variants = available_variants(args.variants)
+    if args.interleave:
+        if variants[0] != 'plain':
+            raise SystemExit('--interleave needs plain as the first variant')
+        print(f'model {args.model}, batch {args.batch}, device '
+              f'{args.device}, amp {args.amp}, {args.threads} threads, '
+              f'{args.rounds * args.steps} timed steps per variant after '
+              f'{args.warmup} warm-up steps, variants in turn step by step')
+        rows = measure_interleaved(args, variants)
+        if args.out:
+            with open(args.out, 'w') as f:
+                json.dump(dict(settings=vars(args), rows=rows), f, indent=2)
+        return
     print(f'model {args.model}, batch {args.batch}, device {args.device}, '
           f'amp {args.amp}, {args.threads} threads per process, '
           f'{args.rounds} rounds x {args.steps} steps after {args.warmup} '
           'warm-up steps, variants in turn')
-    results = {v: dict(times=[], peaks=[]) for v in variants}
+    results = {v: dict(times=[], peaks=[], rounds=[]) for v in variants}
     with tempfile.TemporaryDirectory() as workdir:
         for r in range(args.rounds):
             for v in variants:
@@ -291,25 +372,31 @@ def main():
                 out = json.loads(line[0][len('RESULT '):])
                 results[v]['times'] += out['times']
                 results[v]['peaks'].append(out['peak_bytes'])
+                results[v]['rounds'].append(statistics.median(out['times']))
                 print(f'  round {r + 1} {v:>12}: median '
                       f'{statistics.median(out["times"]) * 1000:.1f} ms/step')
     base = statistics.median(results['plain']['times'])
     base_peak = max(results['plain']['peaks'])
     rows = []
     print('\n| variant | ms/step (median) | images/s | time vs plain | '
-          'peak memory (MiB) | memory vs plain |')
-    print('| --- | --- | --- | --- | --- | --- |')
+          'per round | peak memory (MiB) | memory vs plain |')
+    print('| --- | --- | --- | --- | --- | --- | --- |')
     for v in variants:
         med = statistics.median(results[v]['times'])
         peak = max(results[v]['peaks'])
         row = dict(variant=v, ms_per_step=med * 1000,
                    images_per_s=args.batch / med, time_ratio=med / base,
                    peak_mib=peak / 2**20, memory_ratio=peak / base_peak,
-                   steps=len(results[v]['times']))
+                   steps=len(results[v]['times']),
+                   round_ratios=[
+                       t / p for t, p in zip(results[v]['rounds'],
+                                             results['plain']['rounds'])
+                   ])
         rows.append(row)
+        per_round = ' / '.join(f'{r:.2f}' for r in row['round_ratios'])
         print(f"| {v} | {row['ms_per_step']:.1f} | {row['images_per_s']:.1f} "
-              f"| {row['time_ratio']:.3f} | {row['peak_mib']:.0f} | "
-              f"{row['memory_ratio']:.3f} |")
+              f"| {row['time_ratio']:.3f} | {per_round} | "
+              f"{row['peak_mib']:.0f} | {row['memory_ratio']:.3f} |")
     if args.out:
         with open(args.out, 'w') as f:
             json.dump(dict(settings=vars(args), rows=rows), f, indent=2)
