@@ -8,7 +8,9 @@ config, M0..M2) and reads each ``gen_<m>/generation.json``:
 - ``finish``: what follows training: the export, the test-set predictions
               (taken from the final validation pass when the test set is
               the validation set), the training-set pass of
-              ``report_train``, the report and its plot;
+              ``report_train`` and the report's statistics (not counted:
+              writing the report's two tables, milliseconds, and its plot,
+              drawn in a background thread during the next generation);
 
 each as a share of the generation's wall time (build + training + finish).
 Also printed: the chain's wall time against the sum of its generations',

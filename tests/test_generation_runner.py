@@ -763,3 +763,35 @@ def test_teacher_options_reach_every_student_and_only_students(tmp_path):
     for student in runner.generation_cfgs[1:]:
         assert student.model.teacher_autocast == 'bfloat16'
         assert student.model.teacher_compile == dict(mode='reduce-overhead')
+
+
+def test_an_ema_validation_is_not_taken_for_the_exported_models(tmp_path):
+    """EMAHook validates its averaged weights but the chain hands on the
+    trained ones: the test set is predicted again, by the exported model."""
+    cfg = chain_cfg(tmp_path, **{'generations.num_generations': 1})
+    cfg.custom_hooks = [dict(type='EMAHook', momentum=0.5)]
+    records = GenerationRunner.from_cfg(cfg).train()
+    assert [r['test_predictions_from'] for r in records] == ['test pass'] * 2
+    probs, _ = exported_model_probs(tmp_path / 'gen_1', 'test')
+    with np.load(tmp_path / 'gen_1' / 'test_predictions.npz') as d:
+        np.testing.assert_allclose(d['scores'], probs.numpy(), atol=1e-6)
+
+
+def test_views_wrap_the_dataset_after_per_generation_overrides(tmp_path):
+    pipeline = [dict(type='RandomFlip', prob=0.5), dict(type='PackInputs')]
+    cfg = chain_cfg(tmp_path, **{
+        'generations.teacher_cache': dict(views=3),
+        'generations.overrides': {1: {
+            'train_dataloader.dataset.pipeline': pipeline}},
+        'randomness.seed': 11,
+    })
+    runner = GenerationRunner.from_cfg(cfg)
+    assert runner.generation_cfgs[0].train_dataloader.dataset.type == \
+        'SklearnDigits'
+    for m in (1, 2):
+        loader = runner.generation_cfgs[m].train_dataloader
+        assert loader.dataset.type == 'AugmentationViews'
+        assert loader.dataset.seed == 11  # the run's seed
+        assert loader.sampler.views == 3
+    assert runner.generation_cfgs[1].train_dataloader.dataset.dataset \
+        .pipeline == pipeline

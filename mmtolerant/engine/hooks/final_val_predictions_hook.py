@@ -28,6 +28,15 @@ def use_rank0_buffers(model) -> bool:
     return float(differ) == 0
 
 
+def weights_checksum(model) -> torch.Tensor:
+    """A float64 sum per parameter and buffer: tells whether two moments
+    saw the same weights (e.g. not EMA weights swapped in for validation)."""
+    return torch.stack([
+        t.detach().double().sum().cpu()
+        for t in model.state_dict().values()
+    ]) if len(model.state_dict()) else torch.zeros(0)
+
+
 @HOOKS.register_module()
 class FinalValPredictionsHook(Hook):
     """Keeps the class scores of the validation pass that ends training.
@@ -47,6 +56,9 @@ class FinalValPredictionsHook(Hook):
     own share of the data (mmengine does not broadcast buffers), and rank
     0's model is the one a chain exports, so the final validation (its
     metrics too) describes exactly that model.
+    The weights it validated are checksummed, so that a reader can tell
+    whether they are the ones it hands on (a hook such as mmengine's
+    ``EMAHook`` validates other weights than it trains).
     Memory: samples x classes float32 on the CPU, per process, during the
     final validation only.
     """
@@ -55,18 +67,24 @@ class FinalValPredictionsHook(Hook):
     def __init__(self):
         self._rows = None
         self.iteration: Optional[int] = None
+        self.checksum: Optional[torch.Tensor] = None
 
     def before_val_epoch(self, runner) -> None:
-        loop = getattr(runner, 'train_loop', None)
-        final = loop is not None and not isinstance(loop, dict) \
-            and runner.iter >= loop.max_iters
+        # The built loop only: this hook must not build a training loop
+        # (and its dataloader) for a validation-only run.
+        loop = getattr(runner, '_train_loop', None)
+        max_iters = None if isinstance(loop, dict) or loop is None \
+            else getattr(loop, 'max_iters', None)
+        final = max_iters is not None and runner.iter >= max_iters
         self._rows = [] if final else None
         self.iteration = None
+        self.checksum = None
         if final:
             from mmengine.model import is_model_wrapper
             model = runner.model.module if is_model_wrapper(
                 runner.model) else runner.model
             use_rank0_buffers(model)
+            self.checksum = weights_checksum(model)
 
     def after_val_iter(self, runner, batch_idx, data_batch=None,
                        outputs=None) -> None:
@@ -79,7 +97,10 @@ class FinalValPredictionsHook(Hook):
             if index is None or score is None or label is None:
                 self._rows = None  # cannot be ordered or scored: predict
                 return
-            self._rows.append((int(index), score.detach().float().cpu(),
+            # clone: a row of the batch's tensor would carry (and pickle,
+            # when gathered) the whole batch's storage.
+            self._rows.append((int(index),
+                               score.detach().float().cpu().clone(),
                                int(label.reshape(-1)[0])))
 
     def after_val_epoch(self, runner, metrics=None) -> None:

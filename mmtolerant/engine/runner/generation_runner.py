@@ -10,6 +10,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 import numpy as np
+import torch
 from mmengine.config import Config, ConfigDict
 from mmengine.dist import (barrier, broadcast_object_list, init_dist,
                            is_distributed, is_main_process)
@@ -36,7 +37,8 @@ from mmtolerant.utils.config import merge_cfg_options
 from mmtolerant.utils.export import (EXPORT_CFG, EXPORT_CKPT,
                                      atomic_write_text, export_plain_model)
 from ..hooks.final_val_predictions_hook import (FinalValPredictionsHook,
-                                                use_rank0_buffers)
+                                                use_rank0_buffers,
+                                                weights_checksum)
 from .generation_settings import GenerationSettings
 
 CHAIN_FILE = 'chain.json'
@@ -208,9 +210,6 @@ class GenerationRunner:
             if self.settings.teacher_cache is not None:
                 model.teacher_cache = copy.deepcopy(
                     self.settings.teacher_cache)
-                views = self.settings.teacher_cache.get('views')
-                if views is not None:
-                    self._use_augmentation_views(cfg, views)
             if self.settings.teacher_autocast is not None:
                 model.teacher_autocast = self.settings.teacher_autocast
             if self.settings.teacher_compile is not False:
@@ -231,6 +230,10 @@ class GenerationRunner:
                 cfg[key] = evaluators
         cfg.model = model
         merge_cfg_options(cfg, self.settings.overrides.get(m))
+        views = (self.settings.teacher_cache or {}).get('views')
+        if m >= 1 and views is not None:
+            # After the overrides, so that they edit the dataset itself.
+            self._use_augmentation_views(cfg, views)
         return cfg
 
     @staticmethod
@@ -249,8 +252,11 @@ class GenerationRunner:
                              'with a train_dataloader.batch_sampler')
         sampler.update(type='AugmentationViewSampler', views=views)
         loader.sampler = sampler
+        # The run's seed: runs of several seeds get different views.
+        seed = (cfg.get('randomness') or {}).get('seed')
         loader.dataset = dict(type='AugmentationViews',
-                              dataset=loader.dataset)
+                              dataset=loader.dataset,
+                              seed=0 if seed is None else int(seed))
 
     def _add_chain_hooks(self) -> None:
         epochs = [
@@ -479,11 +485,27 @@ class GenerationRunner:
                  render_markdown(self.records, self.title))
         return self.records
 
+    def _plot_in_background(self) -> None:
+        self._join_plot()
+        failed = self._plot_errors = []
+        records = list(self.records)
+
+        def plot():
+            try:
+                plot_report(self.work_dir, records, self.title)
+            except Exception as e:  # raised again by _join_plot
+                failed.append(e)
+
+        self._plotter = threading.Thread(target=plot, name='chain-plot')
+        self._plotter.start()
+
     def _join_plot(self) -> None:
         plotter = getattr(self, '_plotter', None)
         if plotter is not None:
             plotter.join()
             self._plotter = None
+            if self._plot_errors:
+                raise self._plot_errors[0]
 
     @property
     def title(self) -> str:
@@ -583,9 +605,15 @@ class GenerationRunner:
         # are broadcast. The report describes rank 0's model, the one
         # exported.
         ranks_agree = use_rank0_buffers(model)
+        # A final validation in autocast, or of other weights than those
+        # handed on (EMA), is not the handed-on model's float32 prediction.
+        fp16_val = bool((cfg.get('val_cfg') or {}).get('fp16'))
         if self.settings.hand_on == 'last' and same_as_val and ranks_agree \
-                and built_val is not None and hook is not None \
-                and self._agree(hook.iteration == runner.iter):
+                and not fp16_val and built_val is not None \
+                and hook is not None and self._agree(
+                    hook.iteration == runner.iter
+                    and hook.checksum is not None
+                    and torch.equal(hook.checksum, weights_checksum(model))):
             kept = hook.predictions(len(built_val.dataset))
             if self._agree(kept is not None):
                 return (kept if is_main_process() else (None, None)), \
@@ -673,12 +701,7 @@ class GenerationRunner:
         # The plot (a few tenths of a second) is drawn while the next
         # generation builds and trains; the tables are written now.
         write_report(self.work_dir, self.records, self.title, plot=False)
-        self._join_plot()
-        self._plotter = threading.Thread(
-            target=plot_report,
-            args=(self.work_dir, list(self.records), self.title),
-            name='chain-report-plot')
-        self._plotter.start()
+        self._plot_in_background()
         _log(f'generation {m}/{self.num_generations} finished: top-1 '
              f'{record["top1"]:.2f}, ensemble M{members[0]}..M{members[-1]} '
              f'{record["ensemble_top1"]:.2f}, mean top-1 prob '

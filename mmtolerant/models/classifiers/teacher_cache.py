@@ -184,14 +184,15 @@ class TeacherOutputCache:
         cached = self.lookup(index, inputs)
         if get_world_size() == 1:
             if cached is None:
-                cached = teacher(inputs)
+                cached = self._as_stored(teacher(inputs))
                 self.store(index, inputs, cached)
             return cached
         missed = torch.tensor([float(cached is None)], device=inputs.device)
         all_reduce(missed)
         if float(missed) == 0:
             return cached
-        logits = teacher(inputs) if cached is None else cached
+        logits = self._as_stored(teacher(inputs)) if cached is None \
+            else cached
         prints = self.fingerprint(inputs).to(inputs.device)
         shared = self._gather([
             index.to(inputs.device).double(),
@@ -202,6 +203,14 @@ class TeacherOutputCache:
             if len(k):
                 self._put(k.long().cpu(), p.float(), v.float())
         return logits
+
+    def _as_stored(self, logits: torch.Tensor) -> torch.Tensor:
+        """Fresh logits as a replay will give them (rounded to float16 for a
+        float16 cache): every epoch, and a resumed run, train on the same
+        targets."""
+        if self.dtype == torch.float32:
+            return logits
+        return logits.to(self.dtype).to(logits.dtype)
 
     @staticmethod
     def _gather(parts: List[torch.Tensor]) -> List[List[torch.Tensor]]:
