@@ -20,6 +20,7 @@ import torch.nn as nn
 from mmengine.config import Config, ConfigDict
 
 from .fileio import atomic_write
+from .model import bare_model
 
 EXPORT_CKPT = 'exported_model.pth'
 EXPORT_CFG = 'exported_model.py'
@@ -108,9 +109,7 @@ def export_plain_model(cfg: Config,
     ``model`` may be a ``DistillImageClassifier`` (its state dict is the
     student's alone) or any ``ImageClassifier``. Returns both paths.
     """
-    from mmengine.model import is_model_wrapper
-    if is_model_wrapper(model):
-        model = model.module
+    model = bare_model(model)
     os.makedirs(out_dir, exist_ok=True)
     state_dict = {
         k: v.detach().cpu().clone()

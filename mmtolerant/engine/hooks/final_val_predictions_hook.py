@@ -7,6 +7,8 @@ from mmengine.dist import all_reduce, broadcast, collect_results, \
 from mmengine.hooks import Hook
 from mmpretrain.registry import HOOKS
 
+from mmtolerant.utils.model import bare_model
+
 
 def use_rank0_buffers(model) -> bool:
     """Give every rank rank 0's buffers (BatchNorm statistics); whether they
@@ -80,9 +82,7 @@ class FinalValPredictionsHook(Hook):
         self.iteration = None
         self.checksum = None
         if final:
-            from mmengine.model import is_model_wrapper
-            model = runner.model.module if is_model_wrapper(
-                runner.model) else runner.model
+            model = bare_model(runner.model)
             use_rank0_buffers(model)
             self.checksum = weights_checksum(model)
 

@@ -1,7 +1,8 @@
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
-from mmengine.model import is_model_wrapper
 from mmpretrain.registry import HOOKS
+
+from mmtolerant.utils.model import bare_model
 
 
 @HOOKS.register_module()
@@ -18,9 +19,7 @@ class TeacherCacheLoggerHook(Hook):
 
     @staticmethod
     def _cache(runner):
-        model = runner.model.module if is_model_wrapper(
-            runner.model) else runner.model
-        return getattr(model, 'teacher_cache', None)
+        return getattr(bare_model(runner.model), 'teacher_cache', None)
 
     def after_train_epoch(self, runner) -> None:
         cache = self._cache(runner)

@@ -34,6 +34,7 @@ from mmtolerant.models.classifiers import plain_classifier_cfg
 from mmtolerant.utils.checkpoint import (CheckpointLoadError,
                                          extract_state_dict, safe_torch_load)
 from mmtolerant.utils.config import merge_cfg_options
+from mmtolerant.utils.model import bare_model
 from mmtolerant.utils.export import (EXPORT_CFG, EXPORT_CKPT,
                                      atomic_write_text, export_plain_model)
 from ..hooks.final_val_predictions_hook import (FinalValPredictionsHook,
@@ -514,9 +515,7 @@ class GenerationRunner:
 
     # ------------------------------------------------ after a generation --
     def _handed_on_model(self, runner, m: int):
-        from mmengine.model import is_model_wrapper
-        model = runner.model.module if is_model_wrapper(
-            runner.model) else runner.model
+        model = bare_model(runner.model)
         if self.settings.hand_on == 'best':
             best = sorted(
                 glob.glob(osp.join(self.gen_dir(m), 'best_*.pth')),
