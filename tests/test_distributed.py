@@ -69,3 +69,45 @@ def test_ddp_ranks_share_the_teacher_cache(digits_teacher, tmp_path, python):
         'cached)' in log
     assert 'epoch 2: the teacher filled 0 entries (job total 1347, 1347 ' \
         'cached), 11 of 11 batches replayed' in log
+
+
+CHANGED_INPUT_ON_ONE_RANK = '''
+import torch
+import torch.distributed as dist
+from mmtolerant.models.classifiers.teacher_cache import TeacherOutputCache
+
+dist.init_process_group('gloo')
+rank = dist.get_rank()
+cache = TeacherOutputCache()
+teacher = lambda x: x.flatten(1)[:, :3] * 2
+index = torch.arange(4) + 4 * rank
+inputs = torch.arange(4 * 6, dtype=torch.float32).reshape(4, 1, 2, 3) + rank
+cache.targets(index, inputs, teacher)  # both ranks miss: exchanged
+if rank == 1:
+    inputs = inputs.flip(-1)  # rank 1's cached samples come back changed
+try:
+    cache.targets(index, inputs, teacher)
+except RuntimeError as e:
+    print(f'rank {rank} stopped: {e}', flush=True)
+else:
+    print(f'rank {rank} went on', flush=True)
+'''
+
+
+def test_a_changed_input_on_one_rank_stops_every_rank(tmp_path, python):
+    """The rank whose cached sample changed raises its error and the others
+    raise with it, naming the cause, instead of failing in their next
+    collective on a peer that left (gloo: "Connection closed by peer"; NCCL:
+    a wait until its timeout unless the launcher kills them first)."""
+    script = tmp_path / 'changed_input.py'
+    script.write_text(CHANGED_INPUT_ON_ONE_RANK)
+    proc = run_tool(
+        [python, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
+         '--master_port', str(random.randint(20000, 40000)), str(script)],
+        env={'CUDA_VISIBLE_DEVICES': ''}, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert re.search(r'rank 1 stopped: teacher_cache: sample_idx 4 reached '
+                     'the teacher as a different input', out), out[-3000:]
+    assert 'rank 0 stopped: teacher_cache: on 1 other rank(s) a cached ' \
+        'sample reached the teacher as a different input' in out

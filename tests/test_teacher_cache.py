@@ -127,23 +127,79 @@ def test_cached_training_equals_live_training_bit_for_bit(digits_teacher,
 
 def test_chain_with_teacher_cache_equals_the_chain_without(tmp_path):
     """generations.teacher_cache: each student runs its teacher only in its
-    first epoch, and the chain ends with the same weights as without."""
+    first epoch, once per sample, and the chain ends with the same weights
+    as without."""
     from test_generation_runner import assert_same_weights, chain_cfg, weights
     from mmtolerant.engine.runner import GenerationRunner
     exported = {}
     for name, cache in (('live', None), ('cached', dict())):
         cfg = chain_cfg(tmp_path / name, **{
-            'generations.num_generations': 1,
+            'generations.num_generations': 2,
             'generations.teacher_cache': cache,
             'train_cfg.max_epochs': 2,
             'train_dataloader.dataset.pipeline': DETERMINISTIC,
         })
         GenerationRunner.from_cfg(cfg).train()
-        student = dumped_config(tmp_path / name / 'gen_1')
-        assert ('teacher_cache' in student.model) == (cache is not None)
-        exported[name] = weights(tmp_path / name / 'gen_1' /
-                                 'exported_model.pth')
-    assert_same_weights(exported['cached'], exported['live'])
+        for m in (1, 2):
+            gen_dir = tmp_path / name / f'gen_{m}'
+            student = dumped_config(gen_dir)
+            assert ('teacher_cache' in student.model) == (cache is not None)
+            exported[name, m] = weights(gen_dir / 'exported_model.pth')
+            if cache is None:
+                continue
+            log = next(gen_dir.glob('*/*.log')).read_text()
+            # 1347 training images, batches of 64: 22 steps per epoch.
+            assert 'epoch 1: the teacher filled 1347 entries (job total ' \
+                '1347, 1347 cached), 0 of 22 batches replayed' in log, m
+            assert 'epoch 2: the teacher filled 0 entries (job total 1347, ' \
+                '1347 cached), 22 of 22 batches replayed' in log, m
+    for m in (1, 2):
+        assert_same_weights(exported['cached', m], exported['live', m])
+
+
+def test_a_resumed_cached_run_equals_an_uninterrupted_one(digits_teacher,
+                                                          tmp_path):
+    """Killed after epoch 1 and resumed: the empty cache is filled again
+    from the live teacher (float16-rounded like a replay), and the student
+    ends bit-identical to an uninterrupted run."""
+    from mmengine.hooks import Hook
+    from mmengine.runner import Runner
+
+    class Stop(Exception):
+        pass
+
+    class StopAfterFirstEpoch(Hook):
+        def after_train_epoch(self, runner):
+            raise Stop
+
+    options = dict(VIEWS, **{
+        'randomness.seed': 3, 'train_cfg.max_epochs': 3,
+        'default_hooks.checkpoint.interval': 1,
+        'model.teacher_cache': dict(views=2, dtype='float16'),
+        'custom_hooks': [dict(type='TeacherCacheLoggerHook')]})
+    options['train_dataloader.dataset'] = dict(
+        VIEWS['train_dataloader.dataset'], _delete_=True)
+    train(student_cfg(digits_teacher, tmp_path / 'whole', **options))
+    runner = Runner.from_cfg(
+        student_cfg(digits_teacher, tmp_path / 'killed', **options))
+    # After the CheckpointHook (VERY_LOW) has saved epoch 1.
+    runner.register_hook(StopAfterFirstEpoch(), priority='LOWEST')
+    with pytest.raises(Stop):
+        runner.train()
+    resumed = train(student_cfg(digits_teacher, tmp_path / 'killed',
+                                resume=True, **options))
+    assert resumed.epoch == 3
+    cache = resumed.model.teacher_cache
+    steps = len(resumed.train_dataloader)
+    # Epochs 2 (view 1) and 3 (view 0) refill it: no replay after a resume
+    # until a view comes round again.
+    assert cache.misses == 2 * steps and cache.hits == 0
+    whole = extract_state_dict(
+        safe_torch_load(str(tmp_path / 'whole' / 'epoch_3.pth')))
+    again = extract_state_dict(
+        safe_torch_load(str(tmp_path / 'killed' / 'epoch_3.pth')))
+    for k in whole:
+        assert torch.equal(whole[k], again[k]), k
 
 
 def dumped_config(gen_dir):
@@ -211,6 +267,12 @@ def test_view_sampler_is_the_default_sampler_with_view_epoch_mod_views():
         assert list(ours) == [(i, epoch % 3) for i in reference]
     with pytest.raises(ValueError, match='views must be an int >= 1, got 0'):
         AugmentationViewSampler(views, views=0)
+    # Two epochs without set_epoch() would show the same view twice.
+    fresh = AugmentationViewSampler(views, views=3, seed=7)
+    assert {v for _, v in fresh} == {0}
+    with pytest.raises(RuntimeError, match='a new epoch began without '
+                       r'set_epoch\(\), so it would show view 0 again'):
+        list(fresh)
     with pytest.raises(TypeError, match='needs an AugmentationViews dataset'):
         AugmentationViewSampler(views.dataset, views=2)
 
@@ -235,6 +297,8 @@ def test_views_cached_training_equals_live_training_bit_for_bit(
     steps = len(runners['cached'].train_dataloader)
     n = len(runners['cached'].train_dataloader.dataset)
     assert cache.computed == 2 * n and len(cache) == 2 * n
+    # TeacherCacheLoggerHook reserved exactly samples x views entries.
+    assert cache.nbytes == 2 * n * (10 * 4 + 8 + 1)
     assert cache.misses == 2 * steps and cache.hits == 2 * steps
     for k, v in weights(tmp_path / 'live').items():
         assert torch.equal(v, weights(tmp_path / 'cached')[k]), k
@@ -247,6 +311,21 @@ def test_views_cached_training_equals_live_training_bit_for_bit(
 def weights(work_dir):
     path = str(next(work_dir.glob('epoch_*.pth')))
     return extract_state_dict(safe_torch_load(path))
+
+
+def test_views_without_the_sampler_seed_hook_stop_before_training(
+        digits_teacher, tmp_path):
+    options = dict(VIEWS, **{
+        'model.teacher_cache': dict(views=2),
+        'default_hooks.sampler_seed': None,
+        'custom_hooks': [dict(type='TeacherCacheLoggerHook')]})
+    options['train_dataloader.dataset'] = dict(
+        VIEWS['train_dataloader.dataset'], _delete_=True)
+    with pytest.raises(ValueError, match=r'teacher_cache.views=2 needs '
+                       r"default_hooks.sampler_seed=dict\(type="
+                       r"'DistSamplerSeedHook'\)"):
+        train(student_cfg(digits_teacher, tmp_path, **options))
+    assert not list(tmp_path.glob('epoch_*.pth'))
 
 
 def test_views_need_the_wrapped_dataset(digits_teacher, tmp_path):

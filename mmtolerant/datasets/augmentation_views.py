@@ -120,8 +120,22 @@ class AugmentationViewSampler(DefaultSampler):
         self.views = _check_views('AugmentationViewSampler', views)
         super().__init__(dataset, shuffle=shuffle, seed=seed,
                          round_up=round_up)
+        self._iterated = self._epoch_set = False
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self._epoch_set = True
 
     def __iter__(self) -> Iterator[Tuple[int, int]]:
+        if self.views > 1 and not self._epoch_set and self._iterated:
+            raise RuntimeError(
+                'AugmentationViewSampler: a new epoch began without '
+                'set_epoch(), so it would show view '
+                f'{self.epoch % self.views} again instead of the next of its '
+                f'{self.views} views; keep default_hooks.sampler_seed='
+                "dict(type='DistSamplerSeedHook') (mmengine's default), which "
+                'calls it before every epoch')
+        self._iterated, self._epoch_set = True, False
         view = self.epoch % self.views
         for index in super().__iter__():
             yield index, view

@@ -1,7 +1,8 @@
-from mmengine.hooks import Hook
+from mmengine.hooks import DistSamplerSeedHook, Hook
 from mmengine.logging import print_log
 from mmpretrain.registry import HOOKS
 
+from mmtolerant.datasets.augmentation_views import AugmentationViewSampler
 from mmtolerant.utils.model import bare_model
 
 
@@ -9,7 +10,8 @@ from mmtolerant.utils.model import bare_model
 class TeacherCacheLoggerHook(Hook):
     """Logs after each training epoch what a student's teacher cache did:
     entries filled, teacher forwards of the epoch (samples), batches
-    replayed, memory. The GenerationRunner adds it to every student with
+    replayed, memory. Before training it reserves the cache's memory for
+    the training set (samples x views entries). The GenerationRunner adds it to every student with
     ``generations.teacher_cache``; a standalone ``DistillImageClassifier``
     run can list it in ``custom_hooks``. Does nothing without a cache."""
     priority = 'LOW'
@@ -20,6 +22,24 @@ class TeacherCacheLoggerHook(Hook):
     @staticmethod
     def _cache(runner):
         return getattr(bare_model(runner.model), 'teacher_cache', None)
+
+    def before_train(self, runner) -> None:
+        """Reserve the cache's memory for the whole training set (and its
+        views), and refuse views that would never change."""
+        cache = self._cache(runner)
+        if cache is None:
+            return
+        loader = runner.train_dataloader
+        cache.reserve(len(loader.dataset) * (cache.views or 1))
+        sampler = getattr(loader, 'sampler', None)
+        if cache.views is not None and cache.views > 1 and \
+                isinstance(sampler, AugmentationViewSampler) and not any(
+                    isinstance(h, DistSamplerSeedHook) for h in runner.hooks):
+            raise ValueError(
+                f'teacher_cache.views={cache.views} needs '
+                "default_hooks.sampler_seed=dict(type='DistSamplerSeedHook')"
+                ': it tells the sampler the epoch, and so the view; without '
+                'it every epoch would show view 0')
 
     def after_train_epoch(self, runner) -> None:
         cache = self._cache(runner)

@@ -19,13 +19,18 @@ differs from the cached one stops training with an error instead of
 receiving another image's targets: a random transform, Mixup/CutMix, or a
 dataset wrapper whose samples share a ``sample_idx`` (``ConcatDataset``).
 """
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 from mmengine.dist import all_gather, all_reduce, get_world_size
 from mmengine.logging import print_log
 
 DTYPES = {'float32': torch.float32, 'float16': torch.float16}
+_DETERMINISTIC = (
+    'The cache needs a deterministic training input: no random transforms '
+    'in the train pipeline unless teacher_cache.views is set, no batch '
+    'augments, and one sample per sample_idx (not ConcatDataset). Remove '
+    'teacher_cache to train with the live teacher.')
 
 
 class TeacherOutputCache:
@@ -33,7 +38,9 @@ class TeacherOutputCache:
 
     Memory: ``samples x views x classes x (4 | 2) bytes`` (float32 |
     float16) plus 9 bytes of fingerprint and flag per entry, in every
-    process. Under DDP the ranks share what they compute (each step in
+    process (exactly that when the training set's size is reserved, as
+    ``TeacherCacheLoggerHook`` does; else the arrays grow by doubling, to
+    at most twice that). Under DDP the ranks share what they compute (each step in
     which some rank's batch was not cached, the ranks exchange that step's
     teacher outputs), so every rank holds the whole cache and the teacher
     runs once per sample and view for the whole job, not once per rank.
@@ -67,6 +74,7 @@ class TeacherOutputCache:
         self.hits = 0  # batches replayed
         self.misses = 0  # batches the teacher ran on
         self.computed = 0  # entries the teacher filled (all ranks)
+        self._reserved = 0
 
     def __len__(self) -> int:
         return int(self.filled.sum())
@@ -90,10 +98,20 @@ class TeacherOutputCache:
         pattern = self._patterns[key]
         return torch.stack([flat.abs().sum(1), flat @ pattern], 1).cpu()
 
+    def reserve(self, entries: int) -> None:
+        """Make the first allocation hold ``entries`` (the training set's
+        size x views, as ``TeacherCacheLoggerHook`` reserves it), so the
+        cache takes exactly what it needs instead of growing by doubling
+        (up to twice that)."""
+        self._reserved = int(entries)
+
     def _grow(self, size: int, num_classes: int) -> None:
         if self.logits is not None and size <= len(self.filled):
             return
-        capacity = max(size, 2 * len(self.filled), 1024)
+        if self.logits is None and self._reserved:
+            capacity = max(size, self._reserved)
+        else:
+            capacity = max(size, 2 * len(self.filled), 1024)
         logits = torch.zeros(capacity, num_classes, dtype=self.dtype)
         prints = torch.zeros(capacity, 2, dtype=torch.float32)
         filled = torch.zeros(capacity, dtype=torch.bool)
@@ -141,9 +159,19 @@ class TeacherOutputCache:
                inputs: torch.Tensor) -> Optional[torch.Tensor]:
         """The cached logits (float32, on ``inputs.device``) when every
         sample of the batch is cached, else None."""
+        cached, error = self._replay(index, inputs)
+        if error is not None:
+            raise RuntimeError(error)
+        return cached
+
+    def _replay(self, index: torch.Tensor, inputs: torch.Tensor
+                ) -> Tuple[Optional[torch.Tensor], Optional[str]]:
+        """``(cached logits or None, None)``, or ``(None, message)`` when a
+        cached sample's input changed (raised by the caller, so that under
+        DDP every rank can raise it together)."""
         if self._missing(index):
             self.misses += 1
-            return None
+            return None, None
         current = self.fingerprint(inputs)
         stored = self.prints[index]
         # Both parts are sums of |pixels| at most: compare on that scale.
@@ -151,19 +179,14 @@ class TeacherOutputCache:
         bad = ((current - stored).abs() > 1e-4 * scale).any(1)
         if bool(bad.any()):
             i = int(bad.nonzero()[0])
-            raise RuntimeError(
+            return None, (
                 f'teacher_cache: sample_idx {int(index[i])} reached the '
                 f'teacher as a different input than when it was cached '
                 f'(fingerprint {current[i].tolist()} vs '
-                f'{stored[i].tolist()}). The cache needs a '
-                'deterministic training input: no random transforms in the '
-                'train pipeline unless teacher_cache.views is set, no batch '
-                'augments, and one sample per sample_idx (not '
-                'ConcatDataset). Remove teacher_cache to train with the live '
-                'teacher.')
+                f'{stored[i].tolist()}). {_DETERMINISTIC}')
         self.hits += 1
         return self.logits[index].to(device=inputs.device,
-                                     dtype=torch.float32)
+                                     dtype=torch.float32), None
 
     def store(self, index: torch.Tensor, inputs: torch.Tensor,
               logits: torch.Tensor) -> None:
@@ -171,7 +194,7 @@ class TeacherOutputCache:
 
     def _put(self, index, prints, logits) -> None:
         self._grow(int(index.max()) + 1, logits.shape[1])
-        self.computed += int((~self.filled[index]).sum())
+        self.computed += int((~self.filled[index.unique()]).sum())
         self.logits[index] = logits.detach().to('cpu', self.dtype)
         self.prints[index] = prints.cpu()
         self.filled[index] = True
@@ -181,15 +204,28 @@ class TeacherOutputCache:
         """The teacher's logits for a batch: replayed when cached, else
         ``teacher(inputs)`` (and stored). Under DDP every rank must call it
         once per step: ranks exchange what any of them computed."""
-        cached = self.lookup(index, inputs)
+        cached, error = self._replay(index, inputs)
         if get_world_size() == 1:
+            if error is not None:
+                raise RuntimeError(error)
             if cached is None:
                 cached = self._as_stored(teacher(inputs))
                 self.store(index, inputs, cached)
             return cached
-        missed = torch.tensor([float(cached is None)], device=inputs.device)
-        all_reduce(missed)
-        if float(missed) == 0:
+        # One all-reduce: how many ranks missed, and how many found a
+        # changed input (then every rank stops, none waits for the others).
+        flags = torch.tensor(
+            [float(cached is None and error is None),
+             float(error is not None)],
+            device=inputs.device)
+        all_reduce(flags)
+        missed, failed = flags.tolist()
+        if failed:
+            raise RuntimeError(error or (
+                f'teacher_cache: on {int(failed)} other rank(s) a cached '
+                'sample reached the teacher as a different input than when '
+                f'it was cached (their logs name it). {_DETERMINISTIC}'))
+        if missed == 0:
             return cached
         logits = self._as_stored(teacher(inputs)) if cached is None \
             else cached
