@@ -18,7 +18,7 @@ which is what happens between generations (the hand-over itself).
 
     python benchmarks/chain_overhead.py --threads 1
     python benchmarks/chain_overhead.py --config configs/fashion_mnist_500/strict_chain_cnn_fm500.py \
-        --cfg-options generations.num_generations=1
+        --generations 1
 """
 import argparse
 import json
@@ -46,6 +46,11 @@ def main():
     parser.add_argument('--cfg-options', nargs='+', default=[])
     parser.add_argument('--out', help='write the rows as JSON here')
     args = parser.parse_args()
+    if any(o.startswith('generations.num_generations=')
+           for o in args.cfg_options):
+        raise SystemExit('set the number of generations with --generations '
+                         'N (the script reads gen_0..gen_N), not with '
+                         '--cfg-options generations.num_generations')
 
     work_dir = args.work_dir or tempfile.mkdtemp(prefix='chain_overhead_')
     cmd = [

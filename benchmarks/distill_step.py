@@ -17,6 +17,9 @@ Measured side by side in one run, on the same model, batch and machine:
 - ``teacher``: the teacher's forward pass alone on the preprocessed batch
                (the profile: what ``distill`` adds to ``plain``);
 - ``teacher_compiled``: the same, compiled as in ``distill_compiled``;
+- ``distill_nchw`` / ``teacher_nchw``: ``distill`` / ``teacher`` with
+               ``teacher_channels_last=False`` (the teacher in PyTorch's
+               default NCHW layout instead of channels-last, the default);
 - ``handkd``:  a minimal hand-written KD step (student + ``no_grad`` teacher,
                CE + KL, backward, SGD step): what any KD implementation costs
                at least;
@@ -32,6 +35,10 @@ to show the machine's noise.
 
     python benchmarks/distill_step.py                         # CPU, CIFAR ResNet-18, batch 64
     python benchmarks/distill_step.py --device cuda --amp --model resnet50_in1k --batch 128
+
+``--amp`` (GPU only: mmengine's ``AmpOptimWrapper`` needs one) trains every
+variant in float16 autocast with a gradient scaler, the hand-written and
+torchdistill steps included.
 """
 import argparse
 import json
@@ -59,6 +66,26 @@ PREPROCESSOR = dict(
     mean=[125.3, 123.0, 113.9],
     std=[63.0, 62.1, 66.7],
     to_rgb=False)
+
+
+# Variants built on DistillImageClassifier (the others: plain, handkd,
+# torchdistill).
+OURS = ('distill', 'cached', 'distill_bf16', 'distill_compiled',
+        'distill_nchw', 'teacher', 'teacher_compiled', 'teacher_nchw')
+VARIANTS = ['plain', 'distill', 'distill_nchw', 'distill_bf16',
+            'distill_compiled', 'cached', 'teacher', 'teacher_nchw',
+            'teacher_compiled', 'handkd', 'torchdistill']
+
+
+def cpu_has_bf16():
+    """Whether this CPU computes bfloat16 in hardware (x86 AVX-512 BF16 or
+    AMX) rather than emulating it."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return 'avx512_bf16' in flags or 'amx_bf16' in flags
 
 
 def classifier_cfg(name):
@@ -97,13 +124,8 @@ def build_variant(args, workdir):
         type='AmpOptimWrapper' if args.amp else 'OptimWrapper',
         optimizer=dict(type='SGD', lr=0.01, momentum=0.9,
                        weight_decay=1e-4))
-    if args.amp:
-        optim_cfg['dtype'] = 'bfloat16' if args.device == 'cpu' else None
     teacher_ckpt = os.path.join(workdir, 'teacher.pth')
-    if args.variant in ('distill', 'cached', 'distill_bf16',
-                        'distill_compiled', 'teacher', 'teacher_compiled',
-                        'handkd', 'torchdistill') \
-            and not os.path.exists(teacher_ckpt):
+    if args.variant != 'plain' and not os.path.exists(teacher_ckpt):
         torch.manual_seed(1)
         teacher = REG.build(classifier_cfg(args.model))
         torch.save({'state_dict': teacher.state_dict()}, teacher_ckpt)
@@ -111,8 +133,7 @@ def build_variant(args, workdir):
 
     if args.variant == 'plain':
         model = REG.build(classifier_cfg(args.model)).to(device)
-    elif args.variant in ('distill', 'cached', 'distill_bf16',
-                          'distill_compiled', 'teacher', 'teacher_compiled'):
+    elif args.variant in OURS:
         cfg = classifier_cfg(args.model)
         cfg.update(type='DistillImageClassifier', lam=0.5,
                    teacher=dict(config=classifier_cfg(args.model),
@@ -123,21 +144,21 @@ def build_variant(args, workdir):
             cfg['teacher_autocast'] = 'bfloat16'
         if args.variant in ('distill_compiled', 'teacher_compiled'):
             cfg['teacher_compile'] = True
+        if args.variant in ('distill_nchw', 'teacher_nchw'):
+            cfg['teacher_channels_last'] = False
         model = REG.build(cfg).to(device)
-    if args.variant in ('teacher', 'teacher_compiled'):
+    if args.variant.startswith('teacher'):
         model.train()
         compiled = args.variant == 'teacher_compiled'
 
         def teacher_step(batch):
             data = model.data_preprocessor(batch, True)
             with torch.autocast(device.type, enabled=args.amp,
-                                dtype=torch.bfloat16 if args.device == 'cpu'
-                                else torch.float16):
+                                dtype=torch.float16):
                 return model.teacher_logits(data['inputs'], compiled)
 
         return teacher_step, model
-    if args.variant in ('plain', 'distill', 'cached', 'distill_bf16',
-                        'distill_compiled'):
+    if args.variant == 'plain' or args.variant in OURS:
         model.train()
         optim = build_optim_wrapper(model, optim_cfg)
         return (lambda batch: model.train_step(batch, optim)), model
@@ -151,22 +172,36 @@ def build_variant(args, workdir):
     teacher = teacher.to(device).eval().requires_grad_(False)
     sgd = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9,
                           weight_decay=1e-4)
+    # With --amp as mmengine's AmpOptimWrapper does it: float16 autocast
+    # around the forward passes and the loss, a dynamic gradient scaler.
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp)
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.float16,
+                              enabled=args.amp)
+
+    def update(loss):
+        sgd.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(sgd)
+        scaler.update()
+        return loss
+
     if args.variant == 'handkd':
 
         def step(batch):
             data = student.data_preprocessor(batch, True)
             x = data['inputs']
             y = torch.cat([s.gt_label for s in data['data_samples']])
-            s_logits = student(x, mode='tensor')
-            with torch.no_grad():
-                t_logits = teacher(x, mode='tensor')
-            loss = 0.5 * F.cross_entropy(s_logits, y) + 0.5 * F.kl_div(
-                F.log_softmax(s_logits, 1), F.log_softmax(t_logits, 1),
-                reduction='batchmean', log_target=True)
-            sgd.zero_grad(set_to_none=True)
-            loss.backward()
-            sgd.step()
-            return loss
+            with autocast():
+                s_logits = student(x, mode='tensor')
+                with torch.no_grad():
+                    t_logits = teacher(x, mode='tensor')
+                loss = 0.5 * F.cross_entropy(s_logits, y) + 0.5 * F.kl_div(
+                    F.log_softmax(s_logits.float(), 1),
+                    F.log_softmax(t_logits.float(), 1),
+                    reduction='batchmean', log_target=True)
+            return update(loss)
 
         return step, student
 
@@ -180,18 +215,25 @@ def build_variant(args, workdir):
             data = student.data_preprocessor(batch, True)
             x = data['inputs']
             y = torch.cat([s.gt_label for s in data['data_samples']])
-            s_logits = student(x, mode='tensor')
-            with torch.no_grad():
-                t_logits = teacher(x, mode='tensor')
-            io = {'.': {'output': s_logits}}
-            loss = criterion(io, {'.': {'output': t_logits}}, y)
-            sgd.zero_grad(set_to_none=True)
-            loss.backward()
-            sgd.step()
-            return loss
+            with autocast():
+                s_logits = student(x, mode='tensor')
+                with torch.no_grad():
+                    t_logits = teacher(x, mode='tensor')
+                io = {'.': {'output': s_logits}}
+                loss = criterion(io, {'.': {'output': t_logits}}, y)
+            return update(loss)
 
         return step, student
     raise ValueError(f'unknown variant {args.variant!r}')
+
+
+def on_device(batch, device):
+    """The batch's images on ``device`` (as a dataloader with pinned
+    memory would hand them over before the step)."""
+    if device == 'cpu':
+        return batch
+    return dict(inputs=[t.to(device) for t in batch['inputs']],
+                data_samples=batch['data_samples'])
 
 
 def reset_peak_rss():
@@ -229,11 +271,7 @@ def measure(args):
         if cuda:
             torch.cuda.synchronize()
 
-    if cuda:
-        batch = {
-            'inputs': [t.cuda() for t in batch['inputs']],
-            'data_samples': batch['data_samples']
-        }
+    batch = on_device(batch, args.device)
     for _ in range(args.warmup):
         step(batch)
     sync()
@@ -258,7 +296,8 @@ def measure_interleaved(args, variants):
     """
     import torch
     torch.set_num_threads(args.threads)
-    batch = make_batch(args.model, args.batch)
+    batch = on_device(make_batch(args.model, args.batch), args.device)
+    sync = torch.cuda.synchronize if args.device == 'cuda' else (lambda: 0)
     steps = {}
     with tempfile.TemporaryDirectory() as workdir:
         for v in variants:
@@ -269,10 +308,12 @@ def measure_interleaved(args, variants):
     for _ in range(args.warmup):
         for v in variants:
             steps[v](batch)
+    sync()
     for _ in range(args.steps * args.rounds):
         for v in variants:
             start = time.perf_counter()
             steps[v](batch)
+            sync()
             times[v].append(time.perf_counter() - start)
     base = statistics.median(times['plain'])
     print('\n| variant | ms/step (median) | time vs plain | paired ratio '
@@ -287,6 +328,90 @@ def measure_interleaved(args, variants):
                          time_ratio=med / base, paired_ratio=paired))
         print(f'| {v} | {med * 1000:.1f} | {med / base:.3f} | '
               f'{paired:.3f} |')
+    return rows
+
+
+def timed_parts(model, optim):
+    """Wrap the parts of a ``train_step`` (bound methods, instance-level) so
+    that each call adds its seconds to the returned dict."""
+    parts = {}
+
+    def wrap(owner, attr, name):
+        inner = getattr(owner, attr)
+
+        def timed(*a, **k):
+            start = time.perf_counter()
+            try:
+                return inner(*a, **k)
+            finally:
+                parts[name] = parts.get(name, 0.0) + time.perf_counter() - \
+                    start
+
+        setattr(owner, attr, timed)
+
+    wrap(model.data_preprocessor, 'forward', 'preprocess')
+    wrap(model, 'extract_feat', 'student forward (features)')
+    wrap(model.head, 'forward', 'student forward (head)')
+    wrap(model.head, '_get_loss', 'head loss')
+    if hasattr(model, 'teacher_logits'):
+        wrap(model, 'teacher_logits', 'teacher forward')
+        wrap(model.distill_loss, 'forward', 'distillation loss')
+    wrap(model, 'parse_losses', 'parse losses (logging)')
+    wrap(optim, 'backward', 'backward')
+    wrap(optim, 'step', 'optimizer step')
+    wrap(optim, 'zero_grad', 'zero grad')
+    return parts
+
+
+def profile(args):
+    """Where a step's time goes: ``plain`` and ``distill`` in one process,
+    in turn step by step, each part of ``train_step`` timed (CPU: the
+    parts run synchronously, so their wall times add up)."""
+    import torch
+    from mmengine.optim import build_optim_wrapper
+    torch.set_num_threads(args.threads)
+    batch = make_batch(args.model, args.batch)
+    runs = {}
+    with tempfile.TemporaryDirectory() as workdir:
+        for v in ('plain', 'distill'):
+            args.variant = v
+            _, model = build_variant(args, workdir)
+            optim = build_optim_wrapper(model, dict(
+                type='OptimWrapper', optimizer=dict(
+                    type='SGD', lr=0.01, momentum=0.9, weight_decay=1e-4)))
+            parts = timed_parts(model, optim)
+            runs[v] = (model, optim, parts, [])
+    args.variant = None
+    for i in range(args.warmup + args.steps * args.rounds):
+        for v, (model, optim, parts, totals) in runs.items():
+            if i == args.warmup:
+                parts.clear()
+            start = time.perf_counter()
+            model.train_step(batch, optim)
+            if i >= args.warmup:
+                totals.append(time.perf_counter() - start)
+    n = args.steps * args.rounds
+    names = list(dict.fromkeys(
+        list(runs['distill'][2]) + list(runs['plain'][2])))
+    print(f'\nms per step, mean of {n} steps each, plain and distill in '
+          'turn step by step')
+    print('| part | plain | distill | distill - plain |')
+    print('| --- | --- | --- | --- |')
+    rows = []
+    for name in names + ['rest (mmengine train_step, autograd glue)',
+                         'whole step']:
+        vals = []
+        for v in ('plain', 'distill'):
+            parts, totals = runs[v][2], runs[v][3]
+            if name == 'whole step':
+                vals.append(1000 * sum(totals) / n)
+            elif name.startswith('rest'):
+                vals.append(1000 * (sum(totals) - sum(parts.values())) / n)
+            else:
+                vals.append(1000 * parts.get(name, 0.0) / n)
+        rows.append(dict(part=name, plain_ms=vals[0], distill_ms=vals[1]))
+        print(f'| {name} | {vals[0]:.1f} | {vals[1]:.1f} | '
+              f'{vals[1] - vals[0]:+.1f} |')
     return rows
 
 
@@ -310,29 +435,49 @@ def main():
     parser.add_argument('--batch', type=int, default=64)
     parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
     parser.add_argument('--amp', action='store_true',
-                        help='mixed precision (bf16 on CPU, fp16 on CUDA)')
+                        help='float16 mixed precision (GPU only)')
     parser.add_argument('--threads', type=int, default=os.cpu_count(),
                         help='torch threads per process (logged)')
     parser.add_argument('--steps', type=int, default=10,
                         help='timed steps per round and variant')
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--rounds', type=int, default=3)
-    parser.add_argument('--variants', nargs='+',
-                        default=['plain', 'distill', 'distill_bf16',
-                                 'distill_compiled', 'cached', 'teacher',
-                                 'teacher_compiled', 'handkd',
-                                 'torchdistill'])
+    parser.add_argument(
+        '--variants', nargs='+', choices=VARIANTS,
+        help='default: all (distill_bf16 only on a GPU or a CPU with '
+        'bfloat16 units, elsewhere it is emulated and takes minutes a step)')
     parser.add_argument('--out', help='write the results as JSON here')
     parser.add_argument(
         '--interleave', action='store_true',
         help='time every variant in one process, step by step in turn '
         '(robust to a noisy machine; no memory figures)')
+    parser.add_argument(
+        '--profile', action='store_true',
+        help='CPU: time each part of the plain and distill steps (one '
+        'process, in turn), to show where distill\'s extra time goes')
     parser.add_argument('--variant', help=argparse.SUPPRESS)
     parser.add_argument('--workdir', help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
         return measure(args)
+    if args.amp and args.device != 'cuda':
+        raise SystemExit(
+            '--amp needs --device cuda (mmengine\'s AmpOptimWrapper runs on '
+            'a GPU only); on a CPU, the distill_bf16 variant times a '
+            'bfloat16 teacher')
+    if args.variants is None:
+        args.variants = [v for v in VARIANTS if v != 'distill_bf16'
+                         or args.device == 'cuda' or cpu_has_bf16()]
 
+    if args.profile:
+        if args.device != 'cpu':
+            raise SystemExit('--profile times CPU steps only (GPU kernels '
+                             'run asynchronously; use torch.profiler)')
+        rows = profile(args)
+        if args.out:
+            with open(args.out, 'w') as f:
+                json.dump(dict(settings=vars(args), rows=rows), f, indent=2)
+        return
     variants = available_variants(args.variants)
     if args.interleave:
         if variants[0] != 'plain':

@@ -317,3 +317,36 @@ def test_teacher_compile_gives_the_eager_teachers_targets(digits_teacher,
                        "False or a dict of torch.compile arguments, got "
                        "'yes'"):
         MODELS.build(cfg.model)
+
+
+def test_a_channels_last_teacher_gives_the_same_targets(digits_teacher,
+                                                        tmp_path):
+    cfg = student_cfg(digits_teacher, tmp_path)
+    cfg.model.data_preprocessor = cfg.data_preprocessor
+    cfg.model.teacher_channels_last = False
+    eager = MODELS.build(cfg.model).eval()
+    assert not any(m.weight.is_contiguous(memory_format=torch.channels_last)
+                   for m in eager.teacher.modules()
+                   if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1
+                   and m.kernel_size != (1, 1))
+    cfg.model.pop('teacher_channels_last')  # the default: True
+    nhwc = MODELS.build(cfg.model).eval()
+    convs = [m.weight for m in nhwc.teacher.modules()
+             if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(
+        w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    # The layout survives a move (here to the same device).
+    nhwc.to('cpu')
+    assert convs[0].is_contiguous(memory_format=torch.channels_last)
+    data = eager.data_preprocessor(digits_batch(), training=False)
+    torch.testing.assert_close(nhwc.teacher_logits(data['inputs']),
+                               eager.teacher_logits(data['inputs']),
+                               rtol=1e-5, atol=1e-5)
+    # The export is a stock ImageClassifier config.
+    from mmtolerant.models.classifiers.distill_classifier import \
+        plain_classifier_cfg
+    assert 'teacher_channels_last' not in plain_classifier_cfg(cfg.model)
+    cfg.model.teacher_channels_last = 1
+    with pytest.raises(ValueError, match='teacher_channels_last must be True '
+                       'or False, got 1'):
+        MODELS.build(cfg.model)

@@ -233,6 +233,8 @@ def test_report_train_and_a_plugin_backbone_chain(tmp_path):
      "teacher_autocast must be None, 'bfloat16' or 'float16', got 'fp8'"),
     ({'generations.teacher_compile': 1},
      'teacher_compile must be True, False or a dict'),
+    ({'generations.teacher_channels_last': 'yes'},
+     "teacher_channels_last must be None, True or False, got 'yes'"),
     ({'generations.teacher_cache': 'yes'},
      'generations: teacher_cache must be None or a dict'),
     ({'generations.teacher_cache': {'dtype': 'int8'}},
@@ -755,14 +757,17 @@ def test_teacher_options_reach_every_student_and_only_students(tmp_path):
     cfg = chain_cfg(tmp_path, **{
         'generations.teacher_autocast': 'bfloat16',
         'generations.teacher_compile': dict(mode='reduce-overhead'),
+        'generations.teacher_channels_last': False,
     })
     runner = GenerationRunner.from_cfg(cfg)
     patriarch = runner.generation_cfgs[0].model
     assert 'teacher_autocast' not in patriarch \
-        and 'teacher_compile' not in patriarch
+        and 'teacher_compile' not in patriarch \
+        and 'teacher_channels_last' not in patriarch
     for student in runner.generation_cfgs[1:]:
         assert student.model.teacher_autocast == 'bfloat16'
         assert student.model.teacher_compile == dict(mode='reduce-overhead')
+        assert student.model.teacher_channels_last is False
 
 
 def test_an_ema_validation_is_not_taken_for_the_exported_models(tmp_path):

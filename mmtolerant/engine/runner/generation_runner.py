@@ -216,6 +216,9 @@ class GenerationRunner:
             if self.settings.teacher_compile is not False:
                 model.teacher_compile = copy.deepcopy(
                     self.settings.teacher_compile)
+            if self.settings.teacher_channels_last is not None:
+                model.teacher_channels_last = \
+                    self.settings.teacher_channels_last
             for key in ('val_evaluator', 'test_evaluator'):
                 evaluators = cfg.get(key)
                 if evaluators is None:
@@ -253,7 +256,9 @@ class GenerationRunner:
                              'with a train_dataloader.batch_sampler')
         sampler.update(type='AugmentationViewSampler', views=views)
         loader.sampler = sampler
-        # The run's seed: runs of several seeds get different views.
+        # The run's seed: runs of several seeds get different views. Without
+        # one, 0 (not mmengine's random seed of the day, which a resumed run
+        # would not see again).
         seed = (cfg.get('randomness') or {}).get('seed')
         loader.dataset = dict(type='AugmentationViews',
                               dataset=loader.dataset,

@@ -67,6 +67,10 @@ class GenerationSettings:
             forward passes under ``torch.compile`` (worth it when a
             generation trains for much longer than the compilation's tens
             of seconds). Default False.
+        teacher_channels_last (bool, optional): Given to every student as
+            ``DistillImageClassifier(teacher_channels_last=...)``: whether
+            the teachers run in the channels-last memory layout. Default
+            None (the classifier's default, True).
     """
     num_generations: int
     tolerant: str = 'patriarch'
@@ -82,6 +86,7 @@ class GenerationSettings:
     teacher_cache: Optional[Dict[str, Any]] = None
     teacher_autocast: Optional[str] = None
     teacher_compile: Any = False
+    teacher_channels_last: Optional[bool] = None
 
     @classmethod
     def from_cfg(cls, cfg: Optional[dict]) -> 'GenerationSettings':
@@ -159,6 +164,10 @@ class GenerationSettings:
         if not isinstance(self.teacher_compile, (bool, dict)):
             _fail('teacher_compile must be True, False or a dict of '
                   f'torch.compile arguments, got {self.teacher_compile!r}')
+        if self.teacher_channels_last is not None and not isinstance(
+                self.teacher_channels_last, bool):
+            _fail('teacher_channels_last must be None, True or False, got '
+                  f'{self.teacher_channels_last!r}')
         if not isinstance(self.report_train, bool):
             _fail(f'report_train must be True or False, got '
                   f'{self.report_train!r}')

