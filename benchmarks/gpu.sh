@@ -7,6 +7,7 @@
 set -eo pipefail
 OUT_DIR=${1:?usage: bash benchmarks/gpu.sh OUT_DIR}
 mkdir -p "$OUT_DIR"
+OUT_DIR=$(cd "$OUT_DIR" && pwd)
 PYTHON=${PYTHON:-python}
 cd "$(dirname "$0")/.."
 VARIANTS="plain distill distill_nchw distill_bf16 cached teacher teacher_nchw handkd"
@@ -16,9 +17,10 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv \
 run() {
     name=$1; shift
     echo "== $name: benchmarks/distill_step.py $*"
+    # A failed run (out of memory, say) is logged; the others still run.
     "$PYTHON" benchmarks/distill_step.py --device cuda --amp "$@" \
         --out "$OUT_DIR/$name.json" 2>&1 | grep -v ' - mmengine - ' \
-        | tee "$OUT_DIR/$name.log"
+        | tee "$OUT_DIR/$name.log" || echo "== $name FAILED"
 }
 for model in resnet18_cifar resnet50_in1k; do
     run "${model}_interleaved" --model "$model" --batch 128 --threads 4 \

@@ -84,6 +84,22 @@ def test_chain_config_builds_a_generation_runner_with_its_baseline(
         assert set(losses[1:]) == {'CrossEntropyLoss'}
     assert [c.model.type for c in runner.generation_cfgs][1:] == [
         'DistillImageClassifier'] * runner.num_generations
+    # The last student, built with a random patriarch as its teacher, takes
+    # a training step's loss: teacher and student run in their own layouts.
+    from mmpretrain.structures import DataSample
+    patriarch = runner.generation_cfgs[0].model
+    patriarch.setdefault('data_preprocessor', cfg.data_preprocessor)
+    torch.save({'state_dict': MODELS.build(patriarch).state_dict()},
+               tmp_path / 'teacher.pth')
+    student = runner.generation_cfgs[-1].model
+    student.setdefault('data_preprocessor', cfg.data_preprocessor)
+    student.teacher = dict(config=patriarch,
+                           checkpoint=str(tmp_path / 'teacher.pth'))
+    model = MODELS.build(student).train()
+    samples = [DataSample().set_gt_label(i) for i in range(2)]
+    shape = INPUT_SHAPES[_dataset_of(path)]
+    losses = model(torch.randn(2, *shape), samples, mode='loss')
+    assert torch.isfinite(losses['loss_kd'])
 
 
 @pytest.mark.parametrize('path', CONFIGS, ids=osp.basename)

@@ -9,7 +9,7 @@ from mmengine.dataset import pseudo_collate
 from mmengine.optim import OptimWrapper
 from mmpretrain.registry import DATASETS, MODELS
 
-from conftest import digits_cfg, run_tool, train
+from conftest import REPO, digits_cfg, run_tool, train
 from mmtolerant.utils import (CheckpointLoadError, extract_state_dict,
                               safe_torch_load)
 
@@ -319,34 +319,96 @@ def test_teacher_compile_gives_the_eager_teachers_targets(digits_teacher,
         MODELS.build(cfg.model)
 
 
+def layout_telling_convs(model):
+    """Convolutions whose weight shows the layout (a 1-channel or 1x1
+    weight is contiguous in both)."""
+    return [m.weight for m in model.modules()
+            if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1
+            and m.kernel_size != (1, 1)]
+
+
+def is_channels_last(weights):
+    return all(w.is_contiguous(memory_format=torch.channels_last)
+               for w in weights)
+
+
 def test_a_channels_last_teacher_gives_the_same_targets(digits_teacher,
                                                         tmp_path):
     cfg = student_cfg(digits_teacher, tmp_path)
     cfg.model.data_preprocessor = cfg.data_preprocessor
     cfg.model.teacher_channels_last = False
     eager = MODELS.build(cfg.model).eval()
-    assert not any(m.weight.is_contiguous(memory_format=torch.channels_last)
-                   for m in eager.teacher.modules()
-                   if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1
-                   and m.kernel_size != (1, 1))
-    cfg.model.pop('teacher_channels_last')  # the default: True
+    assert not any(w.is_contiguous(memory_format=torch.channels_last)
+                   for w in layout_telling_convs(eager.teacher))
+    cfg.model.pop('teacher_channels_last')  # the default: None (auto)
     nhwc = MODELS.build(cfg.model).eval()
-    convs = [m.weight for m in nhwc.teacher.modules()
-             if isinstance(m, torch.nn.Conv2d)]
-    assert convs and all(
-        w.is_contiguous(memory_format=torch.channels_last) for w in convs)
-    # The layout survives a move (here to the same device).
-    nhwc.to('cpu')
-    assert convs[0].is_contiguous(memory_format=torch.channels_last)
+    convs = layout_telling_convs(nhwc.teacher)
+    assert convs and is_channels_last(convs)
+    nhwc.to('cpu')  # the layout survives a move
+    assert is_channels_last(layout_telling_convs(nhwc.teacher))
     data = eager.data_preprocessor(digits_batch(), training=False)
     torch.testing.assert_close(nhwc.teacher_logits(data['inputs']),
                                eager.teacher_logits(data['inputs']),
                                rtol=1e-5, atol=1e-5)
+    assert nhwc._channels_last  # a ResNet runs in channels-last
     # The export is a stock ImageClassifier config.
     from mmtolerant.models.classifiers.distill_classifier import \
         plain_classifier_cfg
     assert 'teacher_channels_last' not in plain_classifier_cfg(cfg.model)
     cfg.model.teacher_channels_last = 1
-    with pytest.raises(ValueError, match='teacher_channels_last must be True '
-                       'or False, got 1'):
+    with pytest.raises(ValueError, match='teacher_channels_last must be '
+                       'None, True or False, got 1'):
         MODELS.build(cfg.model)
+
+
+def test_a_teacher_that_views_its_feature_map_falls_back_to_nchw(tmp_path):
+    """fm500's CNN flattens its 7x7 map with LinearNeck's .view(), which a
+    channels-last tensor refuses: by default the teacher then runs in NCHW
+    (the same logits); with teacher_channels_last=True a clear error."""
+    from mmengine.config import Config
+    base = Config.fromfile(osp.join(REPO, 'configs/_base_/models/'
+                                    'small_cnn_fmnist.py'))
+    model = dict(base.model, data_preprocessor=dict(
+        type='ClsDataPreprocessor', num_classes=10, mean=[72.94],
+        std=[90.02]))
+    torch.manual_seed(0)
+    teacher = MODELS.build(model).eval()
+    torch.save({'state_dict': teacher.state_dict()}, tmp_path / 't.pth')
+    student = dict(model, type='DistillImageClassifier', teacher=dict(
+        config=model, checkpoint=str(tmp_path / 't.pth')))
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        expected = teacher(x, mode='tensor')
+    auto = MODELS.build(student).eval()
+    assert is_channels_last(layout_telling_convs(auto.teacher))
+    torch.testing.assert_close(auto.teacher_logits(x), expected)
+    assert not auto._channels_last and not is_channels_last(
+        layout_telling_convs(auto.teacher))
+    torch.testing.assert_close(auto.teacher_logits(x), expected)
+    # Module.to(memory_format=channels_last) refuses 5-D weights; the
+    # teacher's layout leaves them alone.
+    from mmtolerant.models.classifiers.distill_classifier import _set_layout
+    mixed = torch.nn.Sequential(torch.nn.Conv3d(2, 2, 1),
+                                torch.nn.Conv2d(2, 2, 3))
+    _set_layout(mixed, torch.channels_last)
+    assert is_channels_last([mixed[1].weight])
+    forced = MODELS.build(dict(student, teacher_channels_last=True)).eval()
+    with pytest.raises(RuntimeError, match='teacher_channels_last=True but '
+                       "the teacher's forward pass fails in channels-last"):
+        forced.teacher_logits(x)
+
+
+def test_the_teacher_runs_in_the_runs_autocast(digits_teacher, tmp_path):
+    """Without teacher_autocast the teacher follows the run's precision:
+    inside the autocast that mmengine's AmpOptimWrapper opens around the
+    loss (bfloat16 on a CPU here) its logits come out in that precision."""
+    cfg = student_cfg(digits_teacher, tmp_path)
+    cfg.model.data_preprocessor = cfg.data_preprocessor
+    model = MODELS.build(cfg.model).train()
+    data = model.data_preprocessor(digits_batch(), training=True)
+    assert model.teacher_logits(data['inputs']).dtype == torch.float32
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        t_logits = model.teacher_logits(data['inputs'])
+        losses = model.loss(data['inputs'], data['data_samples'])
+    assert t_logits.dtype == torch.bfloat16
+    assert torch.isfinite(losses['loss_kd'])

@@ -1,5 +1,6 @@
 from mmengine.hooks import DistSamplerSeedHook, Hook
 from mmengine.logging import print_log
+from mmengine.runner import EpochBasedTrainLoop
 from mmpretrain.registry import HOOKS
 
 from mmtolerant.datasets.augmentation_views import AugmentationViewSampler
@@ -30,9 +31,18 @@ class TeacherCacheLoggerHook(Hook):
         if cache is None:
             return
         loader = runner.train_dataloader
-        cache.reserve(len(loader.dataset) * (cache.views or 1))
+        # Entries are keyed by sample_idx, which wrappers that repeat or
+        # re-weight samples (RepeatDataset, ClassBalancedDataset,
+        # AugmentationViews) take from the dataset they wrap.
+        dataset = loader.dataset
+        while hasattr(dataset, 'dataset'):
+            dataset = dataset.dataset
+        cache.reserve(len(dataset) * (cache.views or 1))
         sampler = getattr(loader, 'sampler', None)
+        # An epoch loop tells the sampler its epoch only through this hook
+        # (an iteration loop's infinite iterator calls set_epoch itself).
         if cache.views is not None and cache.views > 1 and \
+                isinstance(runner.train_loop, EpochBasedTrainLoop) and \
                 isinstance(sampler, AugmentationViewSampler) and not any(
                     isinstance(h, DistSamplerSeedHook) for h in runner.hooks):
             raise ValueError(

@@ -1,6 +1,7 @@
 import contextlib
 import copy
 import functools
+import itertools
 import os
 from typing import List, Optional, Union
 
@@ -115,6 +116,15 @@ def build_frozen_teacher(config, checkpoint: str,
     return teacher
 
 
+def _set_layout(module: nn.Module, memory_format) -> None:
+    """Put the 4-D parameters and buffers of ``module`` in ``memory_format``
+    (``Module.to(memory_format=...)`` refuses a module holding 5-D ones)."""
+    with torch.no_grad():
+        for t in itertools.chain(module.parameters(), module.buffers()):
+            if t.dim() == 4:
+                t.data = t.data.contiguous(memory_format=memory_format)
+
+
 @MODELS.register_module()
 class DistillImageClassifier(ImageClassifier):
     r"""An image classifier (the student) trained with a frozen teacher.
@@ -184,13 +194,17 @@ class DistillImageClassifier(ImageClassifier):
             seconds; once more for a smaller last batch); the outputs equal
             the eager teacher's to float rounding. Validation keeps the
             eager teacher. Defaults to False.
-        teacher_channels_last (bool): Keep the teacher's weights, and give
-            it its input, in the channels-last memory layout (one copy of
-            the batch per step): the layout that oneDNN's CPU convolutions
-            and a GPU's tensor cores under mixed precision run fastest
-            (measured on a 2-core CPU: the teacher's forward pass 21-30%
-            faster for a CIFAR ResNet-18); the same outputs to float
-            rounding. Defaults to True.
+        teacher_channels_last (bool, optional): Keep the teacher's weights,
+            and give it its input, in the channels-last memory layout (one
+            copy of the batch per step): the layout that oneDNN's CPU
+            convolutions and a GPU's tensor cores under mixed precision run
+            fastest (measured on a 2-core CPU: the teacher's forward pass
+            21-30% faster for a CIFAR ResNet-18); the same outputs to float
+            rounding. None (default): channels-last unless the teacher's
+            first forward pass fails in it (a model that ``.view()``-s a
+            feature map, such as mmpretrain's ``LinearNeck`` on a 4-D map),
+            which then runs again, and from then on, in NCHW (logged).
+            True: channels-last or an error; False: NCHW.
     """
 
     def __init__(self,
@@ -202,7 +216,7 @@ class DistillImageClassifier(ImageClassifier):
                  teacher_cache: Optional[dict] = None,
                  teacher_autocast: Optional[str] = None,
                  teacher_compile: Union[bool, dict] = False,
-                 teacher_channels_last: bool = True,
+                 teacher_channels_last: Optional[bool] = None,
                  neck: Optional[dict] = None,
                  head: Optional[dict] = None,
                  pretrained: Optional[str] = None,
@@ -237,11 +251,16 @@ class DistillImageClassifier(ImageClassifier):
                 f'{teacher_compile!r}')
         self.teacher_compile = teacher_compile
         self._compiled_teacher = None
-        if not isinstance(teacher_channels_last, bool):
+        if teacher_channels_last is not None and not isinstance(
+                teacher_channels_last, bool):
             raise ValueError(
-                'DistillImageClassifier: teacher_channels_last must be True '
-                f'or False, got {teacher_channels_last!r}')
+                'DistillImageClassifier: teacher_channels_last must be None, '
+                f'True or False, got {teacher_channels_last!r}')
         self.teacher_channels_last = teacher_channels_last
+        # The layout in use; with None, until the first forward pass shows
+        # whether the teacher runs in channels-last.
+        self._channels_last = teacher_channels_last is not False
+        self._layout_settled = teacher_channels_last is not None
 
         if isinstance(distill_loss, dict):
             distill_loss = dict(distill_loss)
@@ -269,8 +288,8 @@ class DistillImageClassifier(ImageClassifier):
                                       teacher['checkpoint'],
                                       teacher.get('cfg_options'))
         self._check_teacher(frozen, teacher['checkpoint'])
-        if teacher_channels_last:
-            frozen.to(memory_format=torch.channels_last)
+        if self._channels_last:
+            _set_layout(frozen, torch.channels_last)
         # Not a submodule on purpose: see the class docstring.
         object.__setattr__(self, 'teacher', frozen)
         self.teacher_checkpoint = teacher['checkpoint']
@@ -366,14 +385,43 @@ class DistillImageClassifier(ImageClassifier):
             freezing = inductor_config.patch(freezing=True)
         # inference_mode: no autograd bookkeeping at all for the teacher.
         with torch.inference_mode(), autocast, freezing:
-            if self.teacher_channels_last and inputs.dim() == 4:
-                inputs = inputs.contiguous(memory_format=torch.channels_last)
-            logits = forward(inputs)
+            logits = self._forward_in_layout(forward, inputs)
         if self.teacher_autocast is not None:
             logits = logits.float()
         # A normal tensor again (an inference tensor cannot be saved for
         # the student's backward pass).
         return logits.clone()
+
+    def _forward_in_layout(self, forward, inputs: torch.Tensor
+                           ) -> torch.Tensor:
+        """``forward(inputs)`` in the teacher's memory layout (see
+        ``teacher_channels_last``)."""
+        if not self._channels_last or inputs.dim() != 4:
+            return forward(inputs)
+        nhwc = inputs.contiguous(memory_format=torch.channels_last)
+        if self._layout_settled and self.teacher_channels_last is None:
+            return forward(nhwc)
+        try:
+            logits = forward(nhwc)
+        except torch.OutOfMemoryError:
+            raise
+        except RuntimeError as e:
+            if self.teacher_channels_last:
+                raise RuntimeError(
+                    'DistillImageClassifier: teacher_channels_last=True but '
+                    'the teacher\'s forward pass fails in channels-last '
+                    f'({e}); set teacher_channels_last=None or False') from e
+            # If the layout was not the cause, the same error comes again.
+            self._channels_last = False
+            with torch.inference_mode(False):
+                _set_layout(self.teacher, torch.contiguous_format)
+            print_log(
+                '[mmtolerant] the teacher runs in NCHW: its forward pass '
+                f'fails in channels-last ({str(e).splitlines()[0][:200]})',
+                logger='current')
+            logits = forward(inputs)
+        self._layout_settled = True
+        return logits
 
     def loss(self, inputs: torch.Tensor,
              data_samples: List[DataSample]) -> dict:
