@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU measurements of benchmarks/README.md in one go (sized for under 8
-# minutes on one H100/H200; not run yet, no GPU was lent so far): CIFAR ResNet-18 at batch 128 and ResNet-50 at 224x224, AMP
-# on, each in both modes (interleaved: time; separate processes: peak GPU
-# memory). Results as JSON and logs in OUT_DIR.
+# minutes on one H100/H200; not run yet, no GPU was lent so far): CIFAR
+# ResNet-18 at batch 128 and ResNet-50 at 224x224, AMP on, each in both
+# modes (interleaved: time; separate processes: peak GPU memory). Results
+# as JSON and logs in OUT_DIR.
 #   bash benchmarks/gpu.sh OUT_DIR
 set -eo pipefail
 OUT_DIR=${1:?usage: bash benchmarks/gpu.sh OUT_DIR}

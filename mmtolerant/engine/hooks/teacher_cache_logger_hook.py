@@ -10,9 +10,11 @@ from mmtolerant.utils.model import bare_model
 @HOOKS.register_module()
 class TeacherCacheLoggerHook(Hook):
     """Logs after each training epoch what a student's teacher cache did:
-    entries filled, teacher forwards of the epoch (samples), batches
-    replayed, memory. Before training it reserves the cache's memory for
-    the training set (samples x views entries). The GenerationRunner adds it to every student with
+    entries the teacher filled (this epoch, the job's total, cached),
+    batches replayed, memory. Before training it reserves the cache's
+    memory for the training set (samples x views entries) and refuses
+    views > 1 in an epoch-based run without ``DistSamplerSeedHook``. The
+    GenerationRunner adds it to every student with
     ``generations.teacher_cache``; a standalone ``DistillImageClassifier``
     run can list it in ``custom_hooks``. Does nothing without a cache."""
     priority = 'LOW'

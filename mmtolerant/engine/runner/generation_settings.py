@@ -70,7 +70,8 @@ class GenerationSettings:
         teacher_channels_last (bool, optional): Given to every student as
             ``DistillImageClassifier(teacher_channels_last=...)``: whether
             the teachers run in the channels-last memory layout. Default
-            None (the classifier's default, True).
+            None: not given, so the classifier's own setting applies (by
+            default automatic: channels-last unless it fails).
     """
     num_generations: int
     tolerant: str = 'patriarch'

@@ -199,7 +199,8 @@ class DistillImageClassifier(ImageClassifier):
             copy of the batch per step): the layout that oneDNN's CPU
             convolutions and a GPU's tensor cores under mixed precision run
             fastest (measured on a 2-core CPU: the teacher's forward pass
-            21-30% faster for a CIFAR ResNet-18); the same outputs to float
+            takes 21-23% less time for a CIFAR ResNet-18); the same outputs
+            to float
             rounding. None (default): channels-last unless the teacher's
             first forward pass fails in it (a model that ``.view()``-s a
             feature map, such as mmpretrain's ``LinearNeck`` on a 4-D map),
