@@ -273,6 +273,24 @@ def test_resume_into_a_work_dir_of_another_config_is_refused(chain, tmp_path):
         GenerationRunner.from_cfg(cfg).train()
 
 
+def test_a_chain_recorded_with_its_speed_settings_still_resumes(chain,
+                                                                 tmp_path):
+    """Chains recorded before speed-only settings left the fingerprint
+    (their chain.json digests them) resume with the same config."""
+    import json
+    work_dir, records = chain
+    copy = tmp_path / 'copy'
+    shutil.copytree(work_dir, copy)
+    options = {'resume': True, 'generations.teacher_compile': True}
+    runner = GenerationRunner.from_cfg(chain_cfg(copy, **options))
+    saved = json.loads((copy / 'chain.json').read_text())
+    saved['fingerprint'] = runner.fingerprint(speed_settings=True)
+    assert saved['fingerprint'] != runner.fingerprint()
+    (copy / 'chain.json').write_text(json.dumps(saved))
+    assert GenerationRunner.from_cfg(chain_cfg(copy, **options)).train() \
+        == records
+
+
 def test_missing_teacher_checkpoint_stops_before_training(chain, tmp_path):
     work_dir, _ = chain
     copy = tmp_path / 'copy'
@@ -290,7 +308,10 @@ def test_resume_of_a_finished_chain_retrains_nothing(chain, tmp_path):
     copy = tmp_path / 'copy'
     shutil.copytree(work_dir, copy)
     stamps = {p: p.stat().st_mtime_ns for p in copy.rglob('*.pth')}
-    again = GenerationRunner.from_cfg(chain_cfg(copy, resume=True)).train()
+    # Speed-only settings may change between a run and its resume.
+    again = GenerationRunner.from_cfg(chain_cfg(copy, resume=True, **{
+        'generations.teacher_compile': True,
+        'generations.teacher_channels_last': False})).train()
     assert again == records
     assert {p: p.stat().st_mtime_ns for p in copy.rglob('*.pth')} == stamps
 

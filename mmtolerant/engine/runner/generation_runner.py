@@ -51,6 +51,9 @@ _CHAIN_HOOKS = ('ExportModelHook', 'ChainProgressHook', 'EpochSeedHook',
 # generations trained under different ones.
 _FINGERPRINT_KEYS = ('model', 'generations', 'train_cfg', 'optim_wrapper',
                      'param_scheduler', 'randomness', 'data_preprocessor')
+# Settings that change how fast the teachers run, not what they compute (to
+# float rounding): a chain may be resumed with them changed.
+_SPEED_ONLY_SETTINGS = ('teacher_compile', 'teacher_channels_last')
 
 
 def _log(msg: str, level: str = 'INFO') -> None:
@@ -331,14 +334,20 @@ class GenerationRunner:
                         f'in every teacher; generation {m} has none: set '
                         "default_hooks.checkpoint.save_best='accuracy/top1'")
 
-    def fingerprint(self) -> Dict[str, str]:
+    def fingerprint(self, speed_settings: bool = False) -> Dict[str, str]:
+        """Digests of what makes a chain's results; ``speed_settings``:
+        with the speed-only settings in, as chains before they were left
+        out recorded it."""
         sections = {}
         for key in _FINGERPRINT_KEYS:
             value = copy.deepcopy(self.cfg.get(key))
-            if key == 'generations' and isinstance(value, dict) \
-                    and self.settings.tolerant != 'all':
-                # Extending a chain keeps its finished generations valid.
-                value.pop('num_generations', None)
+            if key == 'generations' and isinstance(value, dict):
+                if self.settings.tolerant != 'all':
+                    # Extending a chain keeps its finished generations valid.
+                    value.pop('num_generations', None)
+                if not speed_settings:
+                    for name in _SPEED_ONLY_SETTINGS:
+                        value.pop(name, None)
             sections[key] = _digest(value)
         train_set = (self.cfg.get('train_dataloader') or {}).get('dataset', {})
         sections['train_dataset'] = _digest(
@@ -357,9 +366,11 @@ class GenerationRunner:
         if osp.isfile(chain_file):
             with open(chain_file) as f:
                 saved = json.load(f)
-            ours = self.fingerprint()
-            differ = sorted(k for k in ours
-                            if saved.get('fingerprint', {}).get(k) != ours[k])
+            ours, older = self.fingerprint(), self.fingerprint(True)
+            differ = sorted(
+                k for k in ours
+                if saved.get('fingerprint', {}).get(k) not in (ours[k],
+                                                               older[k]))
             if differ:
                 raise ValueError(
                     f'{self.work_dir} holds a chain made by another config '
