@@ -187,7 +187,9 @@ def build_variant(args, workdir):
         scaler.update()
         return loss
 
-    if args.variant == 'handkd':
+    def kd_step(kd_loss):
+        """A KD training step whose loss is ``kd_loss(student logits,
+        teacher logits, labels)``."""
 
         def step(batch):
             data = student.data_preprocessor(batch, True)
@@ -197,13 +199,20 @@ def build_variant(args, workdir):
                 s_logits = student(x, mode='tensor')
                 with torch.no_grad():
                     t_logits = teacher(x, mode='tensor')
-                loss = 0.5 * F.cross_entropy(s_logits, y) + 0.5 * F.kl_div(
-                    F.log_softmax(s_logits.float(), 1),
-                    F.log_softmax(t_logits.float(), 1),
-                    reduction='batchmean', log_target=True)
+                loss = kd_loss(s_logits, t_logits, y)
             return update(loss)
 
-        return step, student
+        return step
+
+    if args.variant == 'handkd':
+
+        def hand_loss(s_logits, t_logits, y):
+            return 0.5 * F.cross_entropy(s_logits, y) + 0.5 * F.kl_div(
+                F.log_softmax(s_logits.float(), 1),
+                F.log_softmax(t_logits.float(), 1),
+                reduction='batchmean', log_target=True)
+
+        return kd_step(hand_loss), student
 
     if args.variant == 'torchdistill':
         from torchdistill.losses.mid_level import KDLoss
@@ -211,19 +220,11 @@ def build_variant(args, workdir):
                            teacher_module_path='.', teacher_module_io='output',
                            temperature=1.0, alpha=0.5)
 
-        def step(batch):
-            data = student.data_preprocessor(batch, True)
-            x = data['inputs']
-            y = torch.cat([s.gt_label for s in data['data_samples']])
-            with autocast():
-                s_logits = student(x, mode='tensor')
-                with torch.no_grad():
-                    t_logits = teacher(x, mode='tensor')
-                io = {'.': {'output': s_logits}}
-                loss = criterion(io, {'.': {'output': t_logits}}, y)
-            return update(loss)
+        def torchdistill_loss(s_logits, t_logits, y):
+            return criterion({'.': {'output': s_logits}},
+                             {'.': {'output': t_logits}}, y)
 
-        return step, student
+        return kd_step(torchdistill_loss), student
     raise ValueError(f'unknown variant {args.variant!r}')
 
 

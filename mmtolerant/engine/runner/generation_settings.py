@@ -4,6 +4,8 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
+from mmtolerant.models.classifiers.distill_classifier import \
+    check_teacher_options
 from mmtolerant.models.classifiers.teacher_cache import \
     teacher_cache_from_cfg
 
@@ -159,16 +161,10 @@ class GenerationSettings:
             # The students' own check, run now: a bad cache setting must not
             # wait for generation 1 to be found.
             teacher_cache_from_cfg(self.teacher_cache, 'generations')
-        if self.teacher_autocast not in (None, 'bfloat16', 'float16'):
-            _fail("teacher_autocast must be None, 'bfloat16' or 'float16', "
-                  f'got {self.teacher_autocast!r}')
-        if not isinstance(self.teacher_compile, (bool, dict)):
-            _fail('teacher_compile must be True, False or a dict of '
-                  f'torch.compile arguments, got {self.teacher_compile!r}')
-        if self.teacher_channels_last is not None and not isinstance(
-                self.teacher_channels_last, bool):
-            _fail('teacher_channels_last must be None, True or False, got '
-                  f'{self.teacher_channels_last!r}')
+        # The students' own check, run now (as for teacher_cache above).
+        check_teacher_options('generations', self.teacher_autocast,
+                              self.teacher_compile,
+                              self.teacher_channels_last)
         if not isinstance(self.report_train, bool):
             _fail(f'report_train must be True or False, got '
                   f'{self.report_train!r}')

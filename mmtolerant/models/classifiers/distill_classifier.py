@@ -116,6 +116,28 @@ def build_frozen_teacher(config, checkpoint: str,
     return teacher
 
 
+def check_teacher_options(owner: str, teacher_autocast=None,
+                          teacher_compile=False,
+                          teacher_channels_last=None) -> None:
+    """Refuse a bad ``teacher_autocast`` / ``teacher_compile`` /
+    ``teacher_channels_last`` with an error that starts with ``owner`` (the
+    classifier's own check, also run by a chain on its settings)."""
+    if teacher_autocast is not None \
+            and teacher_autocast not in TEACHER_AUTOCAST:
+        raise ValueError(
+            f"{owner}: teacher_autocast must be None, 'bfloat16' or "
+            f"'float16', got {teacher_autocast!r}")
+    if not isinstance(teacher_compile, (bool, dict)):
+        raise ValueError(
+            f'{owner}: teacher_compile must be True, False or a dict of '
+            f'torch.compile arguments, got {teacher_compile!r}')
+    if teacher_channels_last is not None and not isinstance(
+            teacher_channels_last, bool):
+        raise ValueError(
+            f'{owner}: teacher_channels_last must be None, True or False, '
+            f'got {teacher_channels_last!r}')
+
+
 def _set_layout(module: nn.Module, memory_format) -> None:
     """Put the 4-D parameters and buffers of ``module`` in ``memory_format``
     (``Module.to(memory_format=...)`` refuses a module holding 5-D ones)."""
@@ -200,12 +222,11 @@ class DistillImageClassifier(ImageClassifier):
             convolutions and a GPU's tensor cores under mixed precision run
             fastest (measured on a 2-core CPU: the teacher's forward pass
             takes 21-23% less time for a CIFAR ResNet-18); the same outputs
-            to float
-            rounding. None (default): channels-last unless the teacher's
-            first forward pass fails in it (a model that ``.view()``-s a
-            feature map, such as mmpretrain's ``LinearNeck`` on a 4-D map),
-            which then runs again, and from then on, in NCHW (logged).
-            True: channels-last or an error; False: NCHW.
+            to float rounding. None (default): channels-last unless the
+            teacher's first forward pass fails in it (a model that
+            ``.view()``-s a feature map, such as mmpretrain's ``LinearNeck``
+            on a 4-D map), which then runs again, and from then on, in NCHW
+            (logged). True: channels-last or an error; False: NCHW.
     """
 
     def __init__(self,
@@ -239,24 +260,11 @@ class DistillImageClassifier(ImageClassifier):
                                   1.0)
         self.eval_teacher = bool(eval_teacher)
         self.teacher_cache = self._build_cache(teacher_cache)
-        if teacher_autocast is not None \
-                and teacher_autocast not in TEACHER_AUTOCAST:
-            raise ValueError(
-                'DistillImageClassifier: teacher_autocast must be None, '
-                f"'bfloat16' or 'float16', got {teacher_autocast!r}")
+        check_teacher_options('DistillImageClassifier', teacher_autocast,
+                              teacher_compile, teacher_channels_last)
         self.teacher_autocast = teacher_autocast
-        if not isinstance(teacher_compile, (bool, dict)):
-            raise ValueError(
-                'DistillImageClassifier: teacher_compile must be True, False '
-                f'or a dict of torch.compile arguments, got '
-                f'{teacher_compile!r}')
         self.teacher_compile = teacher_compile
         self._compiled_teacher = None
-        if teacher_channels_last is not None and not isinstance(
-                teacher_channels_last, bool):
-            raise ValueError(
-                'DistillImageClassifier: teacher_channels_last must be None, '
-                f'True or False, got {teacher_channels_last!r}')
         self.teacher_channels_last = teacher_channels_last
         # The layout in use; with None, until the first forward pass shows
         # whether the teacher runs in channels-last.

@@ -42,8 +42,9 @@ class TeacherOutputCache:
     ``TeacherCacheLoggerHook`` does; else the arrays grow by doubling, to
     at most twice that, or 1024 entries). Under DDP the ranks share what
     they compute (each step in which some rank's batch was not cached, the
-    ranks exchange that step's teacher outputs), so every rank holds the whole cache and the teacher
-    runs once per sample and view for the whole job, not once per rank.
+    ranks exchange that step's teacher outputs), so every rank holds the
+    whole cache and the teacher runs once per sample and view for the whole
+    job, not once per rank.
     The cache lives in memory only: after a resume the first epochs fill it
     again from the live teacher, which gives the same values.
 
