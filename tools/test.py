@@ -14,6 +14,7 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 import mmtolerant  # noqa: F401  (registers modules, applies fixes)
+from mmtolerant.utils.compat import end_distributed
 from mmtolerant.utils.config import merge_cfg_options, set_work_dir
 
 
@@ -118,6 +119,7 @@ def main():
         with open(args.out, 'w') as f:
             json.dump({k: float(v) for k, v in metrics.items()}, f, indent=2)
         runner.logger.info(f'metrics written to {args.out}')
+    end_distributed()
 
 
 if __name__ == '__main__':

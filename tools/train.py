@@ -13,6 +13,7 @@ from mmengine.logging import print_log
 from mmengine.runner import Runner
 
 import mmtolerant  # noqa: F401  (registers modules, applies fixes)
+from mmtolerant.utils.compat import end_distributed
 from mmtolerant.utils.config import merge_cfg_options, set_work_dir
 
 
@@ -117,6 +118,7 @@ def main():
         f'[mmtolerant] torch threads per process: {torch.get_num_threads()}',
         logger='current')
     runner.train()
+    end_distributed()
 
 
 if __name__ == '__main__':

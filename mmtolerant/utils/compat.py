@@ -84,6 +84,20 @@ def _patch_atomic_local_writes() -> None:
     LocalBackend.put_text = put_text
 
 
+def end_distributed() -> None:
+    """Tear the process group down after a finished run (what torchrun's
+    documentation asks of every script; MMEngine's runner leaves it up).
+    Without it, NCCL warns at exit that the group was not destroyed, and a
+    gloo rank whose peer has already exited may abort in the group's
+    destructor (``terminate called without an active exception``) after
+    the work is done. The ranks meet first, so none tears down while
+    another still talks to it. No-op outside distributed runs."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def apply_compat_fixes() -> None:
     """Apply all fixes; safe to call more than once."""
     global _APPLIED
