@@ -236,6 +236,23 @@ def test_unreadable_teacher_checkpoint_is_a_clear_error(digits_teacher,
         MODELS.build(cfg.model)
 
 
+def test_a_config_given_as_the_teacher_checkpoint_is_named_as_such(
+        digits_teacher, tmp_path):
+    """The easy slip of passing exported_model.py for the .pth: a clear
+    error before torch.load's own ("pop from empty list")."""
+    cfg = student_cfg(digits_teacher, tmp_path, **{
+        'model.teacher.checkpoint': str(digits_teacher / 'exported_model.py')})
+    with pytest.raises(CheckpointLoadError, match=(
+            r"exported_model\.py' is not a PyTorch checkpoint: it starts "
+            r"with b'.*a config file goes to the config argument")):
+        MODELS.build(cfg.model)
+    empty = tmp_path / 'empty.pth'
+    empty.write_bytes(b'')
+    cfg.model.teacher.checkpoint = str(empty)
+    with pytest.raises(CheckpointLoadError, match='empty.pth.* is empty'):
+        MODELS.build(cfg.model)
+
+
 def test_test_tool_reports_metrics_and_dumps_predictions_without_pickle(
         digits_teacher, tmp_path, python):
     config = 'configs/digits/strict_teacher_r18t_digits.py'
@@ -260,6 +277,14 @@ def test_test_tool_reports_metrics_and_dumps_predictions_without_pickle(
     assert scores.shape == (450, 10)
     assert metrics['accuracy/top1'] == pytest.approx(
         100 * np.mean(scores.argmax(1) == labels), abs=1e-4)
+    # The exported config describes the model alone: said, not a traceback.
+    alone = run_tool([
+        python, 'tools/test.py', str(digits_teacher / 'exported_model.py'),
+        ckpt, '--work-dir', str(tmp_path / 'wd')
+    ])
+    assert alone.returncode != 0
+    assert 'exported_model.py has no test_dataloader and no test_evaluator' \
+        in alone.stderr, alone.stderr[-3000:]
 
 
 def test_teacher_autocast_runs_the_teacher_in_bf16_close_to_float32(

@@ -76,6 +76,16 @@ def main():
         raise SystemExit(f'checkpoint {args.checkpoint!r} does not exist')
     cfg = Config.fromfile(args.config)
     cfg = merge_cfg_options(cfg, args.cfg_options)
+    missing = [k for k in ('test_dataloader', 'test_evaluator')
+               if cfg.get(k) is None]
+    if missing:
+        # An exported_model.py describes the model alone.
+        raise SystemExit(
+            f'{args.config} has no {" and no ".join(missing)}, so there is '
+            'nothing to test on. Give a config with test data, e.g. the one '
+            'that trained the model: tools/test.py CHAIN_CONFIG '
+            f'{args.checkpoint} (an exported_model.pth loads into the '
+            "chain config's model).")
     cfg.launcher = args.launcher
     set_work_dir(cfg, args.work_dir, args.config)
     cfg.load_from = args.checkpoint

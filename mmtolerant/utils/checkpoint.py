@@ -88,6 +88,15 @@ def safe_torch_load(filename: str, map_location: Any = 'cpu') -> Any:
     if not osp.isfile(filename):
         raise CheckpointLoadError(f'checkpoint {filename!r} does not exist '
                                   'or is not a file')
+    with open(filename, 'rb') as f:
+        head = f.read(4)
+    # torch.save writes a zip archive (a pickle before torch 1.6).
+    if not (head == b'PK\x03\x04' or head[:1] == b'\x80'):
+        raise CheckpointLoadError(
+            f'{filename!r} is not a PyTorch checkpoint: it '
+            + (f'starts with {head!r}' if head else 'is empty')
+            + ' (a .pth file written by torch.save was expected; a config '
+            'file goes to the config argument)')
     try:
         with torch.serialization.safe_globals(safe_globals_for_mmengine()):
             return torch.load(
