@@ -265,30 +265,115 @@ def test_existing_chain_is_never_overwritten_without_resume(chain, tmp_path):
 
 
 def test_resume_into_a_work_dir_of_another_config_is_refused(chain, tmp_path):
+    """The refusal names the first generation it would keep under other
+    settings, and the setting, with both values."""
     work_dir, _ = chain
     copy = tmp_path / 'copy'
     shutil.copytree(work_dir, copy)
+    stamps = {p: p.stat().st_mtime_ns for p in copy.rglob('*.pth')}
     cfg = chain_cfg(copy, **{'generations.lam': 0.9, 'resume': True})
-    with pytest.raises(ValueError, match=r"differs in \['generations'\]"):
+    with pytest.raises(ValueError, match=(
+            r'generation 1 \(finished\) was trained under other settings '
+            r'than this config gives it: model\.lam: 0\.5 recorded, 0\.9 '
+            'now')):
         GenerationRunner.from_cfg(cfg).train()
+    cfg = chain_cfg(copy, **{'generations.teacher_loss.eta': 0.6,
+                             'resume': True})
+    with pytest.raises(ValueError, match=(
+            r'generation 0 \(finished\).*model\.head\.loss\.eta: 0\.7 '
+            r'recorded, 0\.6 now')):
+        GenerationRunner.from_cfg(cfg).train()
+    assert {p: p.stat().st_mtime_ns for p in copy.rglob('*.pth')} == stamps
 
 
-def test_a_chain_recorded_with_its_speed_settings_still_resumes(chain,
-                                                                 tmp_path):
-    """Chains recorded before speed-only settings left the fingerprint
-    (their chain.json digests them) resume with the same config."""
+def test_generations_not_started_may_change_on_resume(chain, tmp_path):
+    """M0 finished, M1 and M2 not started (say the user removed a setting
+    that failed in M1 before its first checkpoint): the resume keeps M0 and
+    trains M1 and M2 under the new settings, recorded for the next
+    resume."""
+    import json
+    work_dir, records = chain
+    copy = tmp_path / 'copy'
+    shutil.copytree(work_dir, copy)
+    shutil.rmtree(copy / 'gen_2')
+    for path in (copy / 'gen_1').glob('*.pth'):  # left: its logs
+        path.unlink()
+    (copy / 'gen_1' / 'generation.json').unlink()
+    m0 = (copy / 'gen_0' / 'exported_model.pth').stat().st_mtime_ns
+    again = GenerationRunner.from_cfg(chain_cfg(copy, resume=True, **{
+        'generations.lam': 0.9})).train()
+    assert again[0] == records[0]
+    assert (copy / 'gen_0' / 'exported_model.pth').stat().st_mtime_ns == m0
+    assert [r['generation'] for r in again] == [0, 1, 2]
+    saved = json.loads((copy / 'chain.json').read_text())
+    assert [saved['generations'][m]['model'].get('lam')
+            for m in '012'] == [None, 0.9, 0.9]
+    # The settings it was trained under now stand for generation 1.
+    with pytest.raises(ValueError, match=r'generation 1 \(finished\).*'
+                       r'model\.lam: 0\.9 recorded, 0\.5 now'):
+        GenerationRunner.from_cfg(chain_cfg(copy, resume=True)).train()
+
+
+def test_a_started_generation_under_other_settings_is_refused(chain,
+                                                               tmp_path):
+    """M1 has a checkpoint to resume from: continuing it under other
+    settings would mix two trainings; the error says how to restart it."""
+    work_dir, _ = chain
+    copy = tmp_path / 'copy'
+    shutil.copytree(work_dir, copy)
+    shutil.rmtree(copy / 'gen_2')
+    (copy / 'gen_1' / 'generation.json').unlink()
+    cfg = chain_cfg(copy, resume=True, **{'generations.lam': 0.9})
+    with pytest.raises(ValueError, match=(
+            r'generation 1 \(started\).*model\.lam: 0\.5 recorded, 0\.9 now'
+            r'\. To train generation 1 anew under these settings, delete '
+            f'{copy}/gen_1;')):
+        GenerationRunner.from_cfg(cfg).train()
+    assert (copy / 'gen_1' / 'epoch_1.pth').is_file()
+
+
+def test_extending_a_tolerant_all_chain_is_refused_with_the_reason(tmp_path):
+    """With tolerant='all' the last generation trains without TSD (it
+    teaches nobody); a longer chain would need it tolerant."""
+    options = {'generations.tolerant': 'all'}
+    work_dir = tmp_path / 'wd'
+    GenerationRunner.from_cfg(chain_cfg(work_dir, **options))._check_work_dir()
+    for m in range(3):  # as if M0..M2 had finished
+        (work_dir / f'gen_{m}').mkdir()
+        (work_dir / f'gen_{m}' / 'generation.json').write_text('{}')
+    longer = GenerationRunner.from_cfg(chain_cfg(work_dir, resume=True, **{
+        'generations.num_generations': 3, **options}))
+    with pytest.raises(ValueError, match=(
+            r"generation 2 \(finished\).*with tolerant='all' the chain's "
+            r"last generation is not tolerant.*model\.head\.loss: "
+            r"CrossEntropyLoss\(loss_weight=1\.0\) recorded, "
+            r"TSDLoss\(eta=0\.7, k=3, num_classes=10\) now")):
+        longer._check_work_dir()
+
+
+def test_a_chain_recorded_before_per_generation_records_still_resumes(
+        chain, tmp_path):
+    """chain.json files of older versions hold digests of the whole config
+    (the first ones with the speed-only settings in): they resume with the
+    same config, refuse another, and are rewritten in the current form."""
     import json
     work_dir, records = chain
     copy = tmp_path / 'copy'
     shutil.copytree(work_dir, copy)
     options = {'resume': True, 'generations.teacher_compile': True}
     runner = GenerationRunner.from_cfg(chain_cfg(copy, **options))
-    saved = json.loads((copy / 'chain.json').read_text())
-    saved['fingerprint'] = runner.fingerprint(speed_settings=True)
-    assert saved['fingerprint'] != runner.fingerprint()
-    (copy / 'chain.json').write_text(json.dumps(saved))
+    legacy = dict(config=CHAIN, num_generations=2,
+                  fingerprint=runner.legacy_fingerprint(speed_settings=True))
+    assert legacy['fingerprint'] != runner.legacy_fingerprint()
+    (copy / 'chain.json').write_text(json.dumps(legacy))
+    with pytest.raises(ValueError, match=r"the config sections "
+                       r"\['generations'\] differ"):
+        GenerationRunner.from_cfg(chain_cfg(copy, **{
+            'generations.lam': 0.9, **options})).train()
     assert GenerationRunner.from_cfg(chain_cfg(copy, **options)).train() \
         == records
+    assert set(json.loads((copy / 'chain.json').read_text())[
+        'generations']) == {'0', '1', '2'}
 
 
 def test_missing_teacher_checkpoint_stops_before_training(chain, tmp_path):

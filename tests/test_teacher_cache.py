@@ -328,6 +328,52 @@ def test_views_without_the_sampler_seed_hook_stop_before_training(
     assert not list(tmp_path.glob('epoch_*.pth'))
 
 
+def test_a_random_pipeline_without_views_is_refused_before_training(
+        digits_teacher, tmp_path):
+    """Drawing the first samples twice shows the random transform: the
+    hook refuses it before the first step (else: an error at the first
+    replayed epoch), leaving the random generators as they were."""
+    import numpy as np
+    from mmtolerant.models.classifiers.teacher_cache import \
+        check_replayable_dataset
+    random_set = DATASETS.build(
+        dict(type='SklearnDigits', split='train', pipeline=RANDOM))
+    before = rng_states()
+    with pytest.raises(ValueError, match=(
+            r'teacher_cache: training sample \d comes out of the training '
+            r'pipeline differently each time it is drawn \(a random '
+            r'transform: RandomCrop, RandomFlip\).*teacher_cache.views=V')):
+        check_replayable_dataset(random_set)
+    after = rng_states()
+    assert before[0] == after[0] and np.array_equal(before[1], after[1]) \
+        and torch.equal(before[2], after[2])
+    check_replayable_dataset(DATASETS.build(
+        dict(type='SklearnDigits', split='train', pipeline=DETERMINISTIC)))
+    options = {'model.teacher_cache': dict(),
+               'train_dataloader.dataset.pipeline': RANDOM,
+               'custom_hooks': [dict(type='TeacherCacheLoggerHook')]}
+    with pytest.raises(ValueError, match='comes out of the training '
+                       'pipeline differently'):
+        train(student_cfg(digits_teacher, tmp_path, **options))
+    assert not list(tmp_path.glob('**/epoch_*.pth'))
+
+
+def test_a_chain_with_a_cache_and_a_random_pipeline_stops_before_m0(
+        tmp_path):
+    """The students' training set is checked when the chain is planned, not
+    after the patriarch has trained."""
+    from test_generation_runner import chain_cfg
+    from mmtolerant.engine.runner import GenerationRunner
+    cfg = chain_cfg(tmp_path / 'wd', **{
+        'generations.teacher_cache': dict(),
+        'train_dataloader.dataset.pipeline': RANDOM})
+    with pytest.raises(ValueError, match=(
+            r'generations: generation 1: teacher_cache: training sample \d '
+            'comes out of the training pipeline differently')):
+        GenerationRunner.from_cfg(cfg).train()
+    assert not (tmp_path / 'wd' / 'gen_0').exists()
+
+
 def test_views_need_the_wrapped_dataset(digits_teacher, tmp_path):
     model = build(digits_teacher, tmp_path,
                   **{'model.teacher_cache': dict(views=2)}).eval()

@@ -4,6 +4,8 @@ from mmengine.runner import EpochBasedTrainLoop
 from mmpretrain.registry import HOOKS
 
 from mmtolerant.datasets.augmentation_views import AugmentationViewSampler
+from mmtolerant.models.classifiers.teacher_cache import \
+    check_replayable_dataset
 from mmtolerant.utils.model import bare_model
 
 
@@ -12,8 +14,9 @@ class TeacherCacheLoggerHook(Hook):
     """Logs after each training epoch what a student's teacher cache did:
     entries the teacher filled (this epoch, the job's total, cached),
     batches replayed, memory. Before training it reserves the cache's
-    memory for the training set (samples x views entries) and refuses
-    views > 1 in an epoch-based run without ``DistSamplerSeedHook``. The
+    memory for the training set (samples x views entries), refuses a
+    training set that draws a sample differently each time (without views)
+    and views > 1 in an epoch-based run without ``DistSamplerSeedHook``. The
     GenerationRunner adds it to every student with
     ``generations.teacher_cache``; a standalone ``DistillImageClassifier``
     run can list it in ``custom_hooks``. Does nothing without a cache."""
@@ -40,6 +43,8 @@ class TeacherCacheLoggerHook(Hook):
         while hasattr(dataset, 'dataset'):
             dataset = dataset.dataset
         cache.reserve(len(dataset) * (cache.views or 1))
+        if cache.views is None:
+            check_replayable_dataset(loader.dataset)
         sampler = getattr(loader, 'sampler', None)
         # An epoch loop tells the sampler its epoch only through this hook
         # (an iteration loop's infinite iterator calls set_epoch itself).

@@ -31,6 +31,8 @@ from mmtolerant.evaluation.generation_report import (PREDICTIONS,
                                                      topk_accuracy,
                                                      write_report)
 from mmtolerant.models.classifiers import plain_classifier_cfg
+from mmtolerant.models.classifiers.teacher_cache import \
+    check_replayable_dataset
 from mmtolerant.utils.checkpoint import (CheckpointLoadError,
                                          extract_state_dict, safe_torch_load)
 from mmtolerant.utils.config import merge_cfg_options
@@ -69,6 +71,45 @@ def _plain(obj: Any) -> Any:
         return [_plain(v) for v in obj]
     return obj if isinstance(obj, (int, float, str, bool, type(None))) \
         else str(obj)
+
+
+def _without_data_location(dataset: Any) -> Any:
+    """A dataset config without ``data_root``/``data_prefix``, also in the
+    datasets it wraps: data that moved is the same data."""
+    if isinstance(dataset, list):
+        return [_without_data_location(d) for d in dataset]
+    if not isinstance(dataset, dict):
+        return dataset
+    return {
+        k: _without_data_location(v) if k in ('dataset', 'datasets') else v
+        for k, v in dataset.items() if k not in ('data_root', 'data_prefix')
+    }
+
+
+def _differences(theirs: Any, ours: Any, path: str = '') -> List[str]:
+    """``'key.path: A recorded, B now'`` for each value that differs (a
+    component of another ``type`` as one value)."""
+    if isinstance(theirs, dict) and isinstance(ours, dict) and \
+            theirs.get('type') == ours.get('type'):
+        found = []
+        for key in sorted(set(theirs) | set(ours)):
+            found += _differences(theirs.get(key), ours.get(key),
+                                  f'{path}.{key}' if path else key)
+        return found
+    if theirs == ours:
+        return []
+
+    def short(value):
+        if isinstance(value, dict) and 'type' in value:
+            args = ', '.join(f'{k}={v!r}' for k, v in sorted(value.items())
+                             if k != 'type')
+            text = f'{value["type"]}({args})'
+        else:
+            text = repr(value)
+        return text if len(text) <= 100 else text[:97] + '...'
+
+    return [f'{path or "the record"}: {short(theirs)} recorded, '
+            f'{short(ours)} now']
 
 
 def _digest(obj: Any) -> str:
@@ -149,7 +190,6 @@ class GenerationRunner:
                 "generation from weights, use generations.overrides, e.g. "
                 "{0: {'model.init_cfg': dict(type='Pretrained', "
                 "checkpoint=...)}}")
-        self.timestamp = time.strftime('%Y%m%d_%H%M%S', time.localtime())
         self.num_generations = self.settings.num_generations
         self.generation_cfgs = [
             self._generation_cfg(m) for m in range(self.num_generations + 1)
@@ -187,7 +227,8 @@ class GenerationRunner:
             cfg.pop(key, None)
         cfg.work_dir = self.gen_dir(m)
         base_name = osp.basename(self.work_dir.rstrip('/'))
-        cfg.experiment_name = f'{base_name}_gen{m}_{self.timestamp}'
+        # MMEngine's Runner appends its own timestamp.
+        cfg.experiment_name = f'{base_name}_gen{m}'
         cfg.resume = False
         cfg.load_from = None
 
@@ -334,10 +375,39 @@ class GenerationRunner:
                         f'in every teacher; generation {m} has none: set '
                         "default_hooks.checkpoint.save_best='accuracy/top1'")
 
-    def fingerprint(self, speed_settings: bool = False) -> Dict[str, str]:
-        """Digests of what makes a chain's results; ``speed_settings``:
-        with the speed-only settings in, as chains before they were left
-        out recorded it."""
+    def generation_record(self, m: int) -> Dict[str, Any]:
+        """What generation m computes, as plain data (recorded in chain.json
+        for a resume to compare): its config's sections that decide its
+        results, its training set's config (without where the data lies)
+        and the chain settings that shape its export and report table. Left
+        out: its teacher's paths (always generation m-1's export) and the
+        speed-only settings."""
+        cfg = self.generation_cfgs[m]
+        record = {}
+        for key in _FINGERPRINT_KEYS:
+            if key != 'generations':
+                record[key] = _plain(copy.deepcopy(cfg.get(key)))
+        model = record['model']
+        if isinstance(model, dict):
+            for name in _SPEED_ONLY_SETTINGS:
+                model.pop(name, None)
+            teacher = model.get('teacher')
+            if isinstance(teacher, dict):
+                teacher.pop('config', None)
+                teacher.pop('checkpoint', None)
+        record['train_dataset'] = _without_data_location(
+            _plain((cfg.get('train_dataloader') or {}).get('dataset', {})))
+        # (report_train may change: a generation trained without it only
+        # lacks the training-set columns.)
+        record['chain'] = dict(hand_on=self.settings.hand_on,
+                               report_k=self.settings.report_k)
+        return json.loads(json.dumps(record, sort_keys=True))
+
+    def legacy_fingerprint(self, speed_settings: bool = False
+                           ) -> Dict[str, str]:
+        """Digests of the whole chain's config, as chain.json recorded them
+        before the per-generation records (``speed_settings``: with the
+        speed-only settings in, as the first such files did)."""
         sections = {}
         for key in _FINGERPRINT_KEYS:
             value = copy.deepcopy(self.cfg.get(key))
@@ -366,16 +436,22 @@ class GenerationRunner:
         if osp.isfile(chain_file):
             with open(chain_file) as f:
                 saved = json.load(f)
-            ours, older = self.fingerprint(), self.fingerprint(True)
-            differ = sorted(
-                k for k in ours
-                if saved.get('fingerprint', {}).get(k) not in (ours[k],
-                                                               older[k]))
-            if differ:
-                raise ValueError(
-                    f'{self.work_dir} holds a chain made by another config '
-                    f'({saved.get("config")}): it differs in {differ}. Use '
-                    'another --work-dir, or the config that made it.')
+            if 'generations' in saved:
+                self._check_recorded_generations(saved, existing)
+            else:  # recorded before per-generation records
+                ours = self.legacy_fingerprint()
+                older = self.legacy_fingerprint(True)
+                differ = sorted(
+                    k for k in ours
+                    if saved.get('fingerprint', {}).get(k) not in (
+                        ours[k], older[k]))
+                if differ:
+                    raise ValueError(
+                        f'{self.work_dir} holds a chain made under other '
+                        f'settings (recorded config: {saved.get("config")})'
+                        f': the config sections {differ} differ. Use '
+                        'another --work-dir, or the config and options '
+                        'that made it.')
         beyond = [m for m in existing if m > self.num_generations]
         if beyond:
             raise ValueError(
@@ -401,8 +477,52 @@ class GenerationRunner:
                 dict(
                     config=self.cfg.filename,
                     num_generations=self.num_generations,
-                    fingerprint=self.fingerprint()),
+                    generations={
+                        str(m): self.generation_record(m)
+                        for m in range(self.num_generations + 1)
+                    }),
                 indent=2), chain_file)
+
+    def _started(self, m: int) -> bool:
+        """Generation m has results a resume would keep: it is finished, or
+        has a checkpoint to continue from."""
+        return self.is_finished(m) or any(
+            re.fullmatch(r'(epoch|iter)_\d+\.pth', osp.basename(p))
+            for p in glob.glob(osp.join(self.gen_dir(m), '*.pth')))
+
+    def _check_recorded_generations(self, saved: dict,
+                                    existing: List[int]) -> None:
+        """Refuse a resume that would keep a generation trained under other
+        settings than this config gives it. Generations not started yet may
+        change (a resume trains them with this config)."""
+        for m in existing:
+            if m > self.num_generations or not self._started(m):
+                continue
+            theirs = saved['generations'].get(str(m))
+            if theirs is None:
+                continue
+            changes = _differences(theirs, self.generation_record(m))
+            if not changes:
+                continue
+            shown = '; '.join(changes[:4]) + (
+                f'; and {len(changes) - 4} more' if len(changes) > 4 else '')
+            if self.is_finished(m):
+                state, remedy = 'finished', ''
+            else:
+                state = 'started'
+                remedy = (f' To train generation {m} anew under these '
+                          f'settings, delete {self.gen_dir(m)};')
+            hint = ''
+            if self.settings.tolerant == 'all' and saved.get(
+                    'num_generations') != self.num_generations:
+                hint = (" (with tolerant='all' the chain's last generation "
+                        'is not tolerant, so extending or shrinking the '
+                        'chain changes it)')
+            raise ValueError(
+                f'{self.work_dir}: generation {m} ({state}) was trained '
+                f'under other settings than this config gives it{hint}: '
+                f'{shown}.{remedy} Use the config and options that made '
+                'it, or another --work-dir.')
 
     def latest_checkpoint(self, m: int) -> Optional[str]:
         """The newest checkpoint of generation m that loads, if any."""
@@ -434,7 +554,25 @@ class GenerationRunner:
             for stale in glob.glob(osp.join(self.gen_dir(first), '*.tmp-*')):
                 os.remove(stale)
             resume_from = self.latest_checkpoint(first)
+        self._check_cache_input(first)
         return dict(finished=finished, resume_from=resume_from)
+
+    def _check_cache_input(self, first: int) -> None:
+        """With ``teacher_cache`` (no views), refuse a student training set
+        that draws a sample differently each time before the chain trains
+        anything, rather than at the first replayed epoch of M1."""
+        cache = self.settings.teacher_cache
+        if cache is None or cache.get('views') is not None \
+                or first > self.num_generations:
+            return
+        from mmpretrain.registry import DATASETS
+        m = max(1, first)
+        dataset = DATASETS.build(
+            copy.deepcopy(self.generation_cfgs[m].train_dataloader.dataset))
+        try:
+            check_replayable_dataset(dataset)
+        except ValueError as e:
+            raise ValueError(f'generations: generation {m}: {e}') from None
 
     def _agree(self, value: Any) -> Any:
         """Rank 0's value on every rank (files may lag on other nodes)."""
@@ -452,16 +590,18 @@ class GenerationRunner:
 
     def train(self) -> List[dict]:
         self._init_dist()
-        error = None
+        error = failure = None
         plan = None
         if is_main_process():
             try:
                 plan = self._make_plan()
             except Exception as e:  # every rank must stop, not only rank 0
-                error = f'{type(e).__name__}: {e}'
+                failure, error = e, f'{type(e).__name__}: {e}'
         plan, error = self._agree((plan, error))
+        if failure is not None:
+            raise failure  # its own type and traceback
         if error is not None:
-            raise ValueError(error)
+            raise RuntimeError(f'rank 0 could not plan the chain: {error}')
 
         chain_start = time.time()
         for m in range(self.num_generations + 1):
