@@ -132,6 +132,19 @@ def test_data_root_option_moves_every_dataset(path):
         assert cfg[loader].dataset.data_root == '/elsewhere/data'
 
 
+def test_an_option_below_a_none_setting_makes_it_a_dict():
+    """What the README's settings block writes (teacher_cache=None) can
+    still be set from the command line; mmengine alone raises a TypeError."""
+    cfg = Config(dict(generations=dict(teacher_cache=None, lam=0.5)))
+    with pytest.raises(TypeError):
+        Config(dict(cfg.to_dict())).merge_from_dict(
+            {'generations.teacher_cache.dtype': 'float16'})
+    merge_cfg_options(cfg, {'generations.teacher_cache.dtype': 'float16',
+                            'generations.lam': 0.3})
+    assert cfg.generations.to_dict() == dict(
+        teacher_cache=dict(dtype='float16'), lam=0.3)
+
+
 @pytest.mark.skipif(not osp.isdir(FMNIST), reason='needs ../shared/data')
 def test_fashion_mnist_val_set_is_the_10k_test_images_not_the_training_set():
     cfg = merge_cfg_options(

@@ -4,6 +4,7 @@ import os.path as osp
 import random
 import re
 
+import pytest
 import torch
 
 from conftest import REPO, run_tool
@@ -115,3 +116,48 @@ def test_a_changed_input_on_one_rank_stops_every_rank(tmp_path, python):
     assert 'rank 0 stopped: teacher_cache: on 1 other rank(s) a cached ' \
         'sample reached the teacher as a different input' in out, out[-3000:]
     assert proc.returncode == 0, out[-3000:]
+
+
+PLAN_WITH_A_CACHE = '''
+import sys
+from mmengine.config import Config
+from mmengine.hooks import Hook
+from mmpretrain.registry import HOOKS
+from mmtolerant.engine.runner import GenerationRunner
+from mmtolerant.utils.config import merge_cfg_options
+
+
+@HOOKS.register_module()
+class StopAtTheStartHook(Hook):
+    def before_train(self, runner):
+        print(f'rank {runner.rank} reached M0', flush=True)
+        raise SystemExit(0)
+
+
+cfg = merge_cfg_options(
+    Config.fromfile('configs/fashion_mnist_500/tsd_chain_cnn_fm500.py'), {
+        'work_dir': sys.argv[1], 'launcher': 'pytorch',
+        'data_root': sys.argv[2], 'generations.teacher_cache': dict(),
+        'custom_hooks': [dict(type='StopAtTheStartHook')]})
+GenerationRunner.from_cfg(cfg).train()
+'''
+
+
+def test_a_ddp_chain_with_a_cache_checks_its_students_data_on_every_rank(
+        tmp_path, python):
+    """mmpretrain's (Fashion)MNIST and CIFAR datasets meet in a barrier
+    while they load: a check of the students' training set on rank 0 alone
+    would wait there forever while the other ranks wait for the plan."""
+    fmnist = osp.join(REPO, '..', 'shared', 'data', 'fashion_mnist')
+    if not osp.isdir(fmnist):
+        pytest.skip('needs ../shared/data')
+    script = tmp_path / 'plan.py'
+    script.write_text(PLAN_WITH_A_CACHE)
+    proc = run_tool(
+        [python, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
+         '--master_port', str(random.randint(20000, 40000)), str(script),
+         str(tmp_path / 'wd'), fmnist],
+        env={'CUDA_VISIBLE_DEVICES': ''}, timeout=180)
+    out = proc.stdout + proc.stderr
+    assert 'rank 0 reached M0' in out and 'rank 1 reached M0' in out, \
+        out[-3000:]

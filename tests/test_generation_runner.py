@@ -283,6 +283,18 @@ def test_resume_into_a_work_dir_of_another_config_is_refused(chain, tmp_path):
             r'generation 0 \(finished\).*model\.head\.loss\.eta: 0\.7 '
             r'recorded, 0\.6 now')):
         GenerationRunner.from_cfg(cfg).train()
+    # The batch size is what the generation trained on; EMA changes the
+    # weights it hands on.
+    for option, match in (
+            ({'train_dataloader.batch_size': 32},
+             r'generation 0 \(finished\).*train_dataloader\.batch_size: 64 '
+             'recorded, 32 now'),
+            ({'custom_hooks': [dict(type='EMAHook')]},
+             r"generation 0 \(finished\).*custom_hooks: \[\] recorded, "
+             r"\[\{'type': 'EMAHook'\}\] now")):
+        with pytest.raises(ValueError, match=match):
+            GenerationRunner.from_cfg(chain_cfg(copy, resume=True,
+                                                **option)).train()
     assert {p: p.stat().st_mtime_ns for p in copy.rglob('*.pth')} == stamps
 
 
@@ -393,10 +405,13 @@ def test_resume_of_a_finished_chain_retrains_nothing(chain, tmp_path):
     copy = tmp_path / 'copy'
     shutil.copytree(work_dir, copy)
     stamps = {p: p.stat().st_mtime_ns for p in copy.rglob('*.pth')}
-    # Speed-only settings may change between a run and its resume.
+    # Speed-only settings, dataloader workers and where the data lies may
+    # change between a run and its resume.
     again = GenerationRunner.from_cfg(chain_cfg(copy, resume=True, **{
         'generations.teacher_compile': True,
-        'generations.teacher_channels_last': False})).train()
+        'generations.teacher_channels_last': False,
+        'train_dataloader.num_workers': 1,
+        'train_dataloader.dataset.data_root': '/moved/data'})).train()
     assert again == records
     assert {p: p.stat().st_mtime_ns for p in copy.rglob('*.pth')} == stamps
 

@@ -374,6 +374,32 @@ def test_a_chain_with_a_cache_and_a_random_pipeline_stops_before_m0(
     assert not (tmp_path / 'wd' / 'gen_0').exists()
 
 
+def test_the_chains_cache_check_builds_wrapped_training_sets(tmp_path):
+    """A RepeatDataset builds what it wraps in the default scope's registry:
+    the check, made before any Runner exists, sets the scope itself."""
+    from test_generation_runner import chain_cfg
+    from mmtolerant.engine.runner import GenerationRunner
+    for pipeline in (DETERMINISTIC, RANDOM):
+        cfg = chain_cfg(tmp_path / 'wd', **{
+            'generations.teacher_cache': dict(),
+            'train_dataloader.dataset': dict(
+                _delete_=True, type='RepeatDataset', times=2,
+                dataset=dict(type='SklearnDigits', split='train',
+                             pipeline=pipeline))})
+        runner = GenerationRunner.from_cfg(cfg)
+        if pipeline is DETERMINISTIC:
+            runner._check_cache_input(0)
+        else:
+            with pytest.raises(ValueError, match='differently each time'):
+                runner._check_cache_input(0)
+    # A generation whose overrides drop the cache is not checked.
+    cfg = chain_cfg(tmp_path / 'wd', **{
+        'generations.teacher_cache': dict(),
+        'generations.num_generations': 1,
+        'generations.overrides': {1: {'model.teacher_cache': None}}})
+    GenerationRunner.from_cfg(cfg)._check_cache_input(0)
+
+
 def test_views_need_the_wrapped_dataset(digits_teacher, tmp_path):
     model = build(digits_teacher, tmp_path,
                   **{'model.teacher_cache': dict(views=2)}).eval()

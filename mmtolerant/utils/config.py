@@ -22,9 +22,24 @@ def _replace_value(node: Any, old: str, new: str) -> int:
     return count
 
 
+def _none_to_dicts(cfg: Config, cfg_options: dict) -> None:
+    """A key set below a setting that is None (``generations.teacher_cache
+    .dtype=float16`` where ``teacher_cache=None``) turns that setting into
+    a dict first: mmengine cannot merge into None."""
+    from mmengine.config import ConfigDict
+    for key in cfg_options:
+        node = cfg._cfg_dict
+        for part in str(key).split('.')[:-1]:
+            if not isinstance(node, dict) or part not in node:
+                break
+            if node[part] is None:
+                node[part] = ConfigDict()
+            node = node[part]
+
+
 def merge_cfg_options(cfg: Config, cfg_options: Optional[dict]) -> Config:
     """``cfg.merge_from_dict`` that also carries a new top-level ``data_root``
-    into the datasets.
+    into the datasets, and lets a key be set below a setting that is None.
 
     Python configs resolve ``data_root`` when the file is read, so changing
     the top-level key alone would not move the datasets. Every dataset field
@@ -32,6 +47,7 @@ def merge_cfg_options(cfg: Config, cfg_options: Optional[dict]) -> Config:
     """
     if not cfg_options:
         return cfg
+    _none_to_dicts(cfg, cfg_options)
     old_root = cfg.get('data_root')
     cfg.merge_from_dict(cfg_options)
     new_root = cfg.get('data_root')

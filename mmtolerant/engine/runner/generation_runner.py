@@ -56,6 +56,9 @@ _FINGERPRINT_KEYS = ('model', 'generations', 'train_cfg', 'optim_wrapper',
 # Settings that change how fast the teachers run, not what they compute (to
 # float rounding): a chain may be resumed with them changed.
 _SPEED_ONLY_SETTINGS = ('teacher_compile', 'teacher_channels_last')
+# Dataloader settings that change how fast batches come, not which.
+_LOADER_SPEED_SETTINGS = ('num_workers', 'pin_memory', 'persistent_workers',
+                          'prefetch_factor')
 
 
 def _log(msg: str, level: str = 'INFO') -> None:
@@ -378,10 +381,11 @@ class GenerationRunner:
     def generation_record(self, m: int) -> Dict[str, Any]:
         """What generation m computes, as plain data (recorded in chain.json
         for a resume to compare): its config's sections that decide its
-        results, its training set's config (without where the data lies)
-        and the chain settings that shape its export and report table. Left
-        out: its teacher's paths (always generation m-1's export) and the
-        speed-only settings."""
+        results, its training dataloader (without where the data lies and
+        the worker settings), ``auto_scale_lr``, the user's custom hooks
+        (EMA, say) and the chain settings that shape its export and report
+        table. Left out: its teacher's paths (always generation m-1's
+        export) and the speed-only settings."""
         cfg = self.generation_cfgs[m]
         record = {}
         for key in _FINGERPRINT_KEYS:
@@ -395,12 +399,26 @@ class GenerationRunner:
             if isinstance(teacher, dict):
                 teacher.pop('config', None)
                 teacher.pop('checkpoint', None)
-        record['train_dataset'] = _without_data_location(
-            _plain((cfg.get('train_dataloader') or {}).get('dataset', {})))
+        loader = _plain(copy.deepcopy(cfg.get('train_dataloader') or {}))
+        if isinstance(loader, dict):
+            for name in _LOADER_SPEED_SETTINGS:
+                loader.pop(name, None)
+            loader['dataset'] = _without_data_location(loader.get('dataset'))
+        record['train_dataloader'] = loader
+        record['auto_scale_lr'] = _plain(cfg.get('auto_scale_lr'))
+        record['custom_hooks'] = [
+            h for h in _plain(cfg.get('custom_hooks') or [])
+            if not (isinstance(h, dict) and h.get('type') in _CHAIN_HOOKS)
+        ]
         # (report_train may change: a generation trained without it only
         # lacks the training-set columns.)
         record['chain'] = dict(hand_on=self.settings.hand_on,
                                report_k=self.settings.report_k)
+        if self.settings.hand_on == 'best':  # which checkpoint is handed on
+            checkpoint = (cfg.get('default_hooks') or {}).get(
+                'checkpoint') or {}
+            record['chain']['best'] = _plain(
+                {k: checkpoint.get(k) for k in ('save_best', 'rule')})
         return json.loads(json.dumps(record, sort_keys=True))
 
     def legacy_fingerprint(self, speed_settings: bool = False
@@ -554,21 +572,29 @@ class GenerationRunner:
             for stale in glob.glob(osp.join(self.gen_dir(first), '*.tmp-*')):
                 os.remove(stale)
             resume_from = self.latest_checkpoint(first)
-        self._check_cache_input(first)
         return dict(finished=finished, resume_from=resume_from)
 
     def _check_cache_input(self, first: int) -> None:
-        """With ``teacher_cache`` (no views), refuse a student training set
-        that draws a sample differently each time before the chain trains
-        anything, rather than at the first replayed epoch of M1."""
-        cache = self.settings.teacher_cache
-        if cache is None or cache.get('views') is not None \
-                or first > self.num_generations:
-            return
+        """With ``teacher_cache`` (no views) in the first student still to
+        train, refuse a training set that draws a sample differently each
+        time before the chain trains anything, rather than at that
+        student's first replayed epoch. Every rank checks (mmpretrain's
+        CIFAR and MNIST datasets meet in a barrier while they load)."""
+        from mmengine.registry import DefaultScope
         from mmpretrain.registry import DATASETS
         m = max(1, first)
-        dataset = DATASETS.build(
-            copy.deepcopy(self.generation_cfgs[m].train_dataloader.dataset))
+        if m > self.num_generations:
+            return
+        cfg = self.generation_cfgs[m]
+        cache = cfg.model.get('teacher_cache')
+        if cache is None or cache.get('views') is not None:
+            return
+        # Dataset wrappers build what they wrap in the default scope's
+        # registry, which no Runner has set yet.
+        with DefaultScope.overwrite_default_scope(
+                cfg.get('default_scope') or 'mmpretrain'):
+            dataset = DATASETS.build(
+                copy.deepcopy(cfg.train_dataloader.dataset))
         try:
             check_replayable_dataset(dataset)
         except ValueError as e:
@@ -602,6 +628,7 @@ class GenerationRunner:
             raise failure  # its own type and traceback
         if error is not None:
             raise RuntimeError(f'rank 0 could not plan the chain: {error}')
+        self._check_cache_input(len(plan['finished']))
 
         chain_start = time.time()
         for m in range(self.num_generations + 1):

@@ -278,8 +278,9 @@ def check_replayable_dataset(dataset, samples: int = 8) -> None:
     try:
         for i in range(min(samples, len(dataset))):
             first, second = dataset[i], dataset[i]
-            if not (isinstance(first, dict) and 'inputs' in first):
-                return  # not a packed sample: nothing to compare
+            if not (isinstance(first, dict) and isinstance(
+                    first.get('inputs'), (torch.Tensor, np.ndarray))):
+                return  # not one packed image: nothing to compare
             a, b = (torch.as_tensor(np.asarray(x['inputs']))
                     for x in (first, second))
             if a.shape != b.shape or not torch.equal(a, b):
