@@ -290,7 +290,7 @@ def test_resume_into_a_work_dir_of_another_config_is_refused(chain, tmp_path):
              r'generation 0 \(finished\).*train_dataloader\.batch_size: 64 '
              'recorded, 32 now'),
             ({'custom_hooks': [dict(type='EMAHook')]},
-             r"generation 0 \(finished\).*custom_hooks: \[\] recorded, "
+             r"generation 0 \(finished\).*ema_hooks: \[\] recorded, "
              r"\[\{'type': 'EMAHook'\}\] now")):
         with pytest.raises(ValueError, match=match):
             GenerationRunner.from_cfg(chain_cfg(copy, resume=True,

@@ -382,8 +382,8 @@ class GenerationRunner:
         """What generation m computes, as plain data (recorded in chain.json
         for a resume to compare): its config's sections that decide its
         results, its training dataloader (without where the data lies and
-        the worker settings), ``auto_scale_lr``, the user's custom hooks
-        (EMA, say) and the chain settings that shape its export and report
+        the worker settings), ``auto_scale_lr``, the EMA hooks among the
+        custom hooks and the chain settings that shape its export and report
         table. Left out: its teacher's paths (always generation m-1's
         export) and the speed-only settings."""
         cfg = self.generation_cfgs[m]
@@ -406,9 +406,11 @@ class GenerationRunner:
             loader['dataset'] = _without_data_location(loader.get('dataset'))
         record['train_dataloader'] = loader
         record['auto_scale_lr'] = _plain(cfg.get('auto_scale_lr'))
-        record['custom_hooks'] = [
+        # EMA hooks change the weights handed on; other custom hooks (a
+        # logger, a profiler, a test's kill switch) may come and go.
+        record['ema_hooks'] = [
             h for h in _plain(cfg.get('custom_hooks') or [])
-            if not (isinstance(h, dict) and h.get('type') in _CHAIN_HOOKS)
+            if isinstance(h, dict) and str(h.get('type')).endswith('EMAHook')
         ]
         # (report_train may change: a generation trained without it only
         # lacks the training-set columns.)
