@@ -7,7 +7,7 @@ import os.path as osp
 import re
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -389,8 +389,8 @@ class GenerationRunner:
         cfg = self.generation_cfgs[m]
         record = {}
         for key in _FINGERPRINT_KEYS:
-            if key != 'generations':
-                record[key] = _plain(copy.deepcopy(cfg.get(key)))
+            if key != 'generations':  # (_plain builds new containers)
+                record[key] = _plain(cfg.get(key))
         model = record['model']
         if isinstance(model, dict):
             for name in _SPEED_ONLY_SETTINGS:
@@ -399,7 +399,7 @@ class GenerationRunner:
             if isinstance(teacher, dict):
                 teacher.pop('config', None)
                 teacher.pop('checkpoint', None)
-        loader = _plain(copy.deepcopy(cfg.get('train_dataloader') or {}))
+        loader = _plain(cfg.get('train_dataloader') or {})
         if isinstance(loader, dict):
             for name in _LOADER_SPEED_SETTINGS:
                 loader.pop(name, None)
@@ -506,9 +506,7 @@ class GenerationRunner:
     def _started(self, m: int) -> bool:
         """Generation m has results a resume would keep: it is finished, or
         has a checkpoint to continue from."""
-        return self.is_finished(m) or any(
-            re.fullmatch(r'(epoch|iter)_\d+\.pth', osp.basename(p))
-            for p in glob.glob(osp.join(self.gen_dir(m), '*.pth')))
+        return self.is_finished(m) or bool(self._checkpoints(m))
 
     def _check_recorded_generations(self, saved: dict,
                                     existing: List[int]) -> None:
@@ -544,15 +542,19 @@ class GenerationRunner:
                 f'{shown}.{remedy} Use the config and options that made '
                 'it, or another --work-dir.')
 
+    def _checkpoints(self, m: int) -> List[Tuple[int, str]]:
+        """``[(epoch or iteration, path)]`` of generation m's training
+        checkpoints (``epoch_<n>.pth``, ``iter_<n>.pth``)."""
+        found = []
+        for path in glob.glob(osp.join(self.gen_dir(m), '*.pth')):
+            name = re.fullmatch(r'(epoch|iter)_(\d+)\.pth', osp.basename(path))
+            if name:
+                found.append((int(name.group(2)), path))
+        return found
+
     def latest_checkpoint(self, m: int) -> Optional[str]:
         """The newest checkpoint of generation m that loads, if any."""
-        candidates = []
-        for path in glob.glob(osp.join(self.gen_dir(m), '*.pth')):
-            found = re.fullmatch(r'(epoch|iter)_(\d+)\.pth',
-                                 osp.basename(path))
-            if found:
-                candidates.append((int(found.group(2)), path))
-        for _, path in sorted(candidates, reverse=True):
+        for _, path in sorted(self._checkpoints(m), reverse=True):
             try:
                 safe_torch_load(path)
             except CheckpointLoadError as e:
