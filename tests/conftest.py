@@ -1,5 +1,5 @@
-"""Shared fixtures: tiny real models trained by MMEngine's real Runner on
-scikit-learn's digits (no files, no downloads)."""
+"""Shared helpers and fixtures: tiny real models trained by MMEngine's real
+Runner on scikit-learn's digits (no files, no downloads)."""
 import os
 import os.path as osp
 import subprocess
@@ -14,6 +14,7 @@ import mmtolerant  # noqa: F401
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DIGITS = osp.join(REPO, 'configs', 'digits')
+CHAIN = osp.join(DIGITS, 'tsd_chain_r18t_digits.py')
 
 
 def digits_cfg(name: str, work_dir: str, **options) -> Config:
@@ -27,6 +28,24 @@ def digits_cfg(name: str, work_dir: str, **options) -> Config:
     return cfg
 
 
+def student_cfg(teacher_dir, work_dir, **options):
+    options.setdefault('model.teacher.checkpoint',
+                       str(teacher_dir / 'exported_model.pth'))
+    options.setdefault('model.teacher.config',
+                       str(teacher_dir / 'exported_model.py'))
+    return digits_cfg('student_r18t_digits.py', work_dir, **options)
+
+
+def chain_cfg(work_dir, **options) -> Config:
+    """The digits chain M0..M2, one epoch per generation."""
+    cfg = Config.fromfile(CHAIN)
+    cfg.work_dir = str(work_dir)
+    cfg.train_cfg.max_epochs = 1
+    cfg.generations.num_generations = 2  # M0, M1, M2
+    cfg.merge_from_dict(options)
+    return cfg
+
+
 def train(cfg: Config):
     from mmengine.runner import Runner
     runner = Runner.from_cfg(cfg)
@@ -34,14 +53,53 @@ def train(cfg: Config):
     return runner
 
 
-def run_tool(args, cwd=REPO, env=None, timeout=600):
-    """Run a command in a fresh process; fail the test with its output."""
+def weights(path):
+    """The model weights of a checkpoint file (loaded weights-only)."""
+    from mmtolerant.utils import extract_state_dict, safe_torch_load
+    return extract_state_dict(safe_torch_load(str(path)), str(path))
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def exported_model_probs(gen_dir, split, n=None):
+    """Softmax outputs and labels of ``gen_dir``'s export, loaded by stock
+    mmpretrain, on the first ``n`` digits of ``split`` (all by default)."""
+    from mmengine.dataset import pseudo_collate
+    from mmpretrain.apis import init_model
+    from mmpretrain.registry import DATASETS
+    model = init_model(str(gen_dir / 'exported_model.py'),
+                       str(gen_dir / 'exported_model.pth'))
+    dataset = DATASETS.build(
+        dict(type='SklearnDigits', split=split,
+             pipeline=[dict(type='PackInputs')]))
+    n = len(dataset) if n is None else n
+    batch = model.data_preprocessor(
+        pseudo_collate([dataset[i] for i in range(n)]), False)
+    with torch.no_grad():
+        probs = torch.softmax(model(batch['inputs'], mode='tensor'), 1)
+    return probs, torch.cat([d.gt_label for d in batch['data_samples']])
+
+
+def run_tool(args, cwd=REPO, env=None, timeout=600, expect=0):
+    """Run a command in a fresh process and fail the test, with the end of
+    its output, unless it exits with ``expect`` (an exit status, or None
+    for any). Returns the finished process; ``proc.log`` is its stdout and
+    stderr together."""
     full_env = dict(os.environ)
     full_env.setdefault('PYTHONWARNINGS', 'ignore')
     full_env.update(env or {})
     proc = subprocess.run(
         args, cwd=cwd, env=full_env, capture_output=True, text=True,
         timeout=timeout)
+    proc.log = proc.stdout + proc.stderr
+    if expect is not None:
+        assert proc.returncode == expect, (
+            f'{" ".join(map(str, args))} exited with {proc.returncode}, '
+            f'expected {expect}:\n{proc.log[-4000:]}')
     return proc
 
 
@@ -54,6 +112,15 @@ def digits_teacher(tmp_path_factory):
     cfg = digits_cfg('strict_teacher_r18t_digits.py', work_dir)
     train(cfg)
     return work_dir
+
+
+@pytest.fixture(scope='session')
+def chain(tmp_path_factory):
+    """A finished digits chain M0..M2: (work_dir, records)."""
+    from mmtolerant.engine.runner import GenerationRunner
+    work_dir = tmp_path_factory.mktemp('chain')
+    records = GenerationRunner.from_cfg(chain_cfg(work_dir)).train()
+    return work_dir, records
 
 
 @pytest.fixture

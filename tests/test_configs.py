@@ -11,7 +11,7 @@ import torch
 from mmengine.config import Config
 from mmpretrain.registry import DATASETS, MODELS
 
-from conftest import REPO, digits_cfg, train
+from conftest import REPO, train
 from mmtolerant.utils.config import merge_cfg_options
 
 CONFIGS = sorted(

@@ -13,13 +13,13 @@ sample, and its frozen teacher runs once per sample and view
 
 Set up for every student of a chain by ``generations.teacher_cache.views``.
 """
-import random
 from typing import Iterator, Optional, Tuple
 
 import numpy as np
-import torch
 from mmengine.dataset import DefaultSampler
 from mmpretrain.registry import DATA_SAMPLERS, DATASETS
+
+from mmtolerant.utils.rng import saved_rng_state
 
 
 def _check_views(owner: str, views) -> int:
@@ -69,18 +69,8 @@ class AugmentationViews:
         if not isinstance(key, tuple):
             return self.dataset[key]
         index, view = (int(k) for k in key)
-        state = (random.getstate(), np.random.get_state(),
-                 torch.get_rng_state())
-        seed = view_seed(self.seed, index, view)
-        try:
-            random.seed(seed)
-            np.random.seed(seed)
-            torch.default_generator.manual_seed(seed)
+        with saved_rng_state(view_seed(self.seed, index, view)):
             data = self.dataset[index]
-        finally:
-            random.setstate(state[0])
-            np.random.set_state(state[1])
-            torch.set_rng_state(state[2])
         sample = data.get('data_samples') if isinstance(data, dict) else None
         if sample is None or not hasattr(sample, 'set_metainfo'):
             raise TypeError(

@@ -3,9 +3,8 @@ from mmengine.logging import print_log
 from mmengine.runner import EpochBasedTrainLoop
 from mmpretrain.registry import HOOKS
 
-from mmtolerant.datasets.augmentation_views import AugmentationViewSampler
-from mmtolerant.models.classifiers.teacher_cache import \
-    check_replayable_dataset
+from mmtolerant.datasets import (AugmentationViewSampler,
+                                 check_replayable_dataset, innermost_dataset)
 from mmtolerant.utils.model import bare_model
 
 
@@ -39,10 +38,8 @@ class TeacherCacheLoggerHook(Hook):
         # Entries are keyed by sample_idx, which wrappers that repeat or
         # re-weight samples (RepeatDataset, ClassBalancedDataset,
         # AugmentationViews) take from the dataset they wrap.
-        dataset = loader.dataset
-        while hasattr(dataset, 'dataset'):
-            dataset = dataset.dataset
-        cache.reserve(len(dataset) * (cache.views or 1))
+        cache.reserve(
+            len(innermost_dataset(loader.dataset)) * (cache.views or 1))
         if cache.views is None:
             check_replayable_dataset(loader.dataset)
         sampler = getattr(loader, 'sampler', None)

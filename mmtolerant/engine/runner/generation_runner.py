@@ -31,8 +31,7 @@ from mmtolerant.evaluation.generation_report import (PREDICTIONS,
                                                      topk_accuracy,
                                                      write_report)
 from mmtolerant.models.classifiers import plain_classifier_cfg
-from mmtolerant.models.classifiers.teacher_cache import \
-    check_replayable_dataset
+from mmtolerant.datasets import check_replayable_dataset
 from mmtolerant.utils.checkpoint import (CheckpointLoadError,
                                          extract_state_dict, safe_torch_load)
 from mmtolerant.utils.config import merge_cfg_options

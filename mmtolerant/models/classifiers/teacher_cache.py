@@ -263,57 +263,6 @@ class TeacherOutputCache:
                 for p in padded]
 
 
-def check_replayable_dataset(dataset, samples: int = 8) -> None:
-    """Refuse a training set whose samples come out differently each time
-    they are drawn (a random transform in the pipeline), before training:
-    a cache without views would otherwise stop at the first replayed epoch.
-    Draws the first ``samples`` samples twice and compares their
-    ``inputs``; the random generators are restored afterwards, so that
-    training sees the same random numbers as without the check."""
-    import random
-
-    import numpy as np
-    states = (random.getstate(), np.random.get_state(),
-              torch.get_rng_state())
-    try:
-        for i in range(min(samples, len(dataset))):
-            first, second = dataset[i], dataset[i]
-            if not (isinstance(first, dict) and isinstance(
-                    first.get('inputs'), (torch.Tensor, np.ndarray))):
-                return  # not one packed image: nothing to compare
-            a, b = (torch.as_tensor(np.asarray(x['inputs']))
-                    for x in (first, second))
-            if a.shape != b.shape or not torch.equal(a, b):
-                raise ValueError(
-                    f'teacher_cache: training sample {i} comes out of the '
-                    'training pipeline differently each time it is drawn '
-                    '(a random transform'
-                    + _random_transforms(dataset)
-                    + '), so its cached teacher output could not be '
-                    'replayed. Set teacher_cache.views=V to cache V fixed '
-                    'views of each sample, make the pipeline deterministic, '
-                    'or remove teacher_cache to train with the live '
-                    'teacher.')
-    finally:
-        random.setstate(states[0])
-        np.random.set_state(states[1])
-        torch.set_rng_state(states[2])
-
-
-def _random_transforms(dataset) -> str:
-    """``': RandomCrop, RandomFlip'``: the pipeline's transforms whose
-    names say they are random ('' when none does)."""
-    while not hasattr(dataset, 'pipeline') and hasattr(dataset, 'dataset'):
-        dataset = dataset.dataset
-    names = [type(t).__name__
-             for t in getattr(getattr(dataset, 'pipeline', None),
-                              'transforms', [])]
-    random_names = [n for n in names if n.startswith('Random') or n in (
-        'RandAugment', 'AutoAugment', 'ColorJitter', 'GaussianBlur',
-        'Lighting', 'RandomErasing')]
-    return f': {", ".join(random_names)}' if random_names else ''
-
-
 def teacher_cache_from_cfg(cfg: dict, owner: str) -> TeacherOutputCache:
     """Build a cache from its config (``dict()`` or ``dict(dtype=...)``),
     refusing anything else with an error that starts with ``owner``."""

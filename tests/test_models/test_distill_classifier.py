@@ -9,17 +9,9 @@ from mmengine.dataset import pseudo_collate
 from mmengine.optim import OptimWrapper
 from mmpretrain.registry import DATASETS, MODELS
 
-from conftest import REPO, digits_cfg, run_tool, train
+from conftest import REPO, run_tool, student_cfg, train
 from mmtolerant.utils import (CheckpointLoadError, extract_state_dict,
                               safe_torch_load)
-
-
-def student_cfg(teacher_dir, work_dir, **options):
-    options.setdefault('model.teacher.checkpoint',
-                       str(teacher_dir / 'exported_model.pth'))
-    options.setdefault('model.teacher.config',
-                       str(teacher_dir / 'exported_model.py'))
-    return digits_cfg('student_r18t_digits.py', work_dir, **options)
 
 
 def digits_batch(n=16, split='train'):
@@ -191,7 +183,6 @@ def test_exported_student_loads_into_stock_mmpretrain_without_mmtolerant(
     """)
     # Run from tmp_path so the repo's package is not importable by path.
     proc = run_tool([python, '-c', script], cwd=str(tmp_path))
-    assert proc.returncode == 0, proc.stderr[-3000:]
     assert "classes ['0', '1'" in proc.stdout
     stock_out = torch.load(tmp_path / 'out.pth', weights_only=True)
     model = student_run.model.eval()
@@ -257,18 +248,16 @@ def test_test_tool_reports_metrics_and_dumps_predictions_without_pickle(
         digits_teacher, tmp_path, python):
     config = 'configs/digits/strict_teacher_r18t_digits.py'
     ckpt = str(digits_teacher / 'exported_model.pth')
-    metrics_proc = run_tool([
+    run_tool([
         python, 'tools/test.py', config, ckpt, '--work-dir',
         str(tmp_path / 'wd'), '--out',
         str(tmp_path / 'metrics.json')
     ])
-    assert metrics_proc.returncode == 0, metrics_proc.stderr[-3000:]
-    pred_proc = run_tool([
+    run_tool([
         python, 'tools/test.py', config, ckpt, '--work-dir',
         str(tmp_path / 'wd'), '--out',
         str(tmp_path / 'pred.npz'), '--out-item', 'pred'
     ])
-    assert pred_proc.returncode == 0, pred_proc.stderr[-3000:]
     import json
     with open(tmp_path / 'metrics.json') as f:
         metrics = json.load(f)
@@ -281,8 +270,7 @@ def test_test_tool_reports_metrics_and_dumps_predictions_without_pickle(
     alone = run_tool([
         python, 'tools/test.py', str(digits_teacher / 'exported_model.py'),
         ckpt, '--work-dir', str(tmp_path / 'wd')
-    ])
-    assert alone.returncode != 0
+    ], expect=1)
     assert 'exported_model.py has no test_dataloader and no test_evaluator' \
         in alone.stderr, alone.stderr[-3000:]
 

@@ -4,9 +4,9 @@ import torch
 from mmengine.dataset import pseudo_collate
 from mmpretrain.registry import DATASETS, MODELS
 
-from conftest import train
+from conftest import (assert_same_weights, chain_cfg, student_cfg, train,
+                      weights)
 from mmtolerant.utils import extract_state_dict, safe_torch_load
-from test_distill_classifier import student_cfg
 
 DETERMINISTIC = [dict(type='PackInputs')]
 
@@ -129,7 +129,6 @@ def test_chain_with_teacher_cache_equals_the_chain_without(tmp_path):
     """generations.teacher_cache: each student runs its teacher only in its
     first epoch, once per sample, and the chain ends with the same weights
     as without."""
-    from test_generation_runner import assert_same_weights, chain_cfg, weights
     from mmtolerant.engine.runner import GenerationRunner
     exported = {}
     for name, cache in (('live', None), ('cached', dict())):
@@ -300,17 +299,16 @@ def test_views_cached_training_equals_live_training_bit_for_bit(
     # TeacherCacheLoggerHook reserved exactly samples x views entries.
     assert cache.nbytes == 2 * n * (10 * 4 + 8 + 1)
     assert cache.misses == 2 * steps and cache.hits == 2 * steps
-    for k, v in weights(tmp_path / 'live').items():
-        assert torch.equal(v, weights(tmp_path / 'cached')[k]), k
+    for k, v in run_weights(tmp_path / 'live').items():
+        assert torch.equal(v, run_weights(tmp_path / 'cached')[k]), k
     log = next((tmp_path / 'cached').glob('*/*.log')).read_text()
     assert (f'teacher cache (2 views), epoch 3: the teacher filled 0 entries '
             f'(job total {2 * n}, {2 * n} cached), {steps} of {steps} '
             'batches replayed') in log
 
 
-def weights(work_dir):
-    path = str(next(work_dir.glob('epoch_*.pth')))
-    return extract_state_dict(safe_torch_load(path))
+def run_weights(work_dir):
+    return weights(next(work_dir.glob('epoch_*.pth')))
 
 
 def test_views_without_the_sampler_seed_hook_stop_before_training(
@@ -334,8 +332,7 @@ def test_a_random_pipeline_without_views_is_refused_before_training(
     hook refuses it before the first step (else: an error at the first
     replayed epoch), leaving the random generators as they were."""
     import numpy as np
-    from mmtolerant.models.classifiers.teacher_cache import \
-        check_replayable_dataset
+    from mmtolerant.datasets import check_replayable_dataset
     random_set = DATASETS.build(
         dict(type='SklearnDigits', split='train', pipeline=RANDOM))
     before = rng_states()
@@ -362,7 +359,6 @@ def test_a_chain_with_a_cache_and_a_random_pipeline_stops_before_m0(
         tmp_path):
     """The students' training set is checked when the chain is planned, not
     after the patriarch has trained."""
-    from test_generation_runner import chain_cfg
     from mmtolerant.engine.runner import GenerationRunner
     cfg = chain_cfg(tmp_path / 'wd', **{
         'generations.teacher_cache': dict(),
@@ -377,7 +373,6 @@ def test_a_chain_with_a_cache_and_a_random_pipeline_stops_before_m0(
 def test_the_chains_cache_check_builds_wrapped_training_sets(tmp_path):
     """A RepeatDataset builds what it wraps in the default scope's registry:
     the check, made before any Runner exists, sets the scope itself."""
-    from test_generation_runner import chain_cfg
     from mmtolerant.engine.runner import GenerationRunner
     for pipeline in (DETERMINISTIC, RANDOM):
         cfg = chain_cfg(tmp_path / 'wd', **{
@@ -418,7 +413,6 @@ def test_chain_with_views_replays_each_students_teacher(tmp_path):
     (their teacher runs in the first `views` epochs only); the patriarch on
     the ordinary random pipeline; report_train still reads the training
     set through the test pipeline."""
-    from test_generation_runner import chain_cfg
     from mmtolerant.engine.runner import GenerationRunner
     cfg = chain_cfg(tmp_path, **{
         'generations.num_generations': 1,

@@ -1,0 +1,318 @@
+"""A chain's work_dir across runs: refusals that keep results apart,
+resume of finished and killed chains."""
+import json
+import os
+import re
+import shutil
+import textwrap
+
+import pytest
+
+from conftest import (CHAIN, REPO, assert_same_weights, chain_cfg,
+                      run_tool, weights)
+from mmtolerant.engine.runner import GenerationRunner
+
+
+def test_existing_chain_is_never_overwritten_without_resume(chain, tmp_path):
+    work_dir, _ = chain
+    copy = tmp_path / 'copy'
+    shutil.copytree(work_dir, copy)
+    before = (copy / 'gen_0' / 'exported_model.pth').read_bytes()
+    with pytest.raises(ValueError, match='Pass --resume'):
+        GenerationRunner.from_cfg(chain_cfg(copy)).train()
+    assert (copy / 'gen_0' / 'exported_model.pth').read_bytes() == before
+
+
+def test_resume_into_a_work_dir_of_another_config_is_refused(chain, tmp_path):
+    """The refusal names the first generation it would keep under other
+    settings, and the setting, with both values."""
+    work_dir, _ = chain
+    copy = tmp_path / 'copy'
+    shutil.copytree(work_dir, copy)
+    stamps = {p: p.stat().st_mtime_ns for p in copy.rglob('*.pth')}
+    cfg = chain_cfg(copy, **{'generations.lam': 0.9, 'resume': True})
+    with pytest.raises(ValueError, match=(
+            r'generation 1 \(finished\) was trained under other settings '
+            r'than this config gives it: model\.lam: 0\.5 recorded, 0\.9 '
+            'now')):
+        GenerationRunner.from_cfg(cfg).train()
+    cfg = chain_cfg(copy, **{'generations.teacher_loss.eta': 0.6,
+                             'resume': True})
+    with pytest.raises(ValueError, match=(
+            r'generation 0 \(finished\).*model\.head\.loss\.eta: 0\.7 '
+            r'recorded, 0\.6 now')):
+        GenerationRunner.from_cfg(cfg).train()
+    # The batch size is what the generation trained on; EMA changes the
+    # weights it hands on.
+    for option, match in (
+            ({'train_dataloader.batch_size': 32},
+             r'generation 0 \(finished\).*train_dataloader\.batch_size: 64 '
+             'recorded, 32 now'),
+            ({'custom_hooks': [dict(type='EMAHook')]},
+             r"generation 0 \(finished\).*ema_hooks: \[\] recorded, "
+             r"\[\{'type': 'EMAHook'\}\] now")):
+        with pytest.raises(ValueError, match=match):
+            GenerationRunner.from_cfg(chain_cfg(copy, resume=True,
+                                                **option)).train()
+    assert {p: p.stat().st_mtime_ns for p in copy.rglob('*.pth')} == stamps
+
+
+def test_generations_not_started_may_change_on_resume(chain, tmp_path):
+    """M0 finished, M1 and M2 not started (say the user removed a setting
+    that failed in M1 before its first checkpoint): the resume keeps M0 and
+    trains M1 and M2 under the new settings, recorded for the next
+    resume."""
+    import json
+    work_dir, records = chain
+    copy = tmp_path / 'copy'
+    shutil.copytree(work_dir, copy)
+    shutil.rmtree(copy / 'gen_2')
+    for path in (copy / 'gen_1').glob('*.pth'):  # left: its logs
+        path.unlink()
+    (copy / 'gen_1' / 'generation.json').unlink()
+    m0 = (copy / 'gen_0' / 'exported_model.pth').stat().st_mtime_ns
+    again = GenerationRunner.from_cfg(chain_cfg(copy, resume=True, **{
+        'generations.lam': 0.9})).train()
+    assert again[0] == records[0]
+    assert (copy / 'gen_0' / 'exported_model.pth').stat().st_mtime_ns == m0
+    assert [r['generation'] for r in again] == [0, 1, 2]
+    saved = json.loads((copy / 'chain.json').read_text())
+    assert [saved['generations'][m]['model'].get('lam')
+            for m in '012'] == [None, 0.9, 0.9]
+    # The settings it was trained under now stand for generation 1.
+    with pytest.raises(ValueError, match=r'generation 1 \(finished\).*'
+                       r'model\.lam: 0\.9 recorded, 0\.5 now'):
+        GenerationRunner.from_cfg(chain_cfg(copy, resume=True)).train()
+
+
+def test_a_started_generation_under_other_settings_is_refused(chain,
+                                                               tmp_path):
+    """M1 has a checkpoint to resume from: continuing it under other
+    settings would mix two trainings; the error says how to restart it."""
+    work_dir, _ = chain
+    copy = tmp_path / 'copy'
+    shutil.copytree(work_dir, copy)
+    shutil.rmtree(copy / 'gen_2')
+    (copy / 'gen_1' / 'generation.json').unlink()
+    cfg = chain_cfg(copy, resume=True, **{'generations.lam': 0.9})
+    with pytest.raises(ValueError, match=(
+            r'generation 1 \(started\).*model\.lam: 0\.5 recorded, 0\.9 now'
+            r'\. To train generation 1 anew under these settings, delete '
+            f'{copy}/gen_1;')):
+        GenerationRunner.from_cfg(cfg).train()
+    assert (copy / 'gen_1' / 'epoch_1.pth').is_file()
+
+
+def test_extending_a_tolerant_all_chain_is_refused_with_the_reason(tmp_path):
+    """With tolerant='all' the last generation trains without TSD (it
+    teaches nobody); a longer chain would need it tolerant."""
+    options = {'generations.tolerant': 'all'}
+    work_dir = tmp_path / 'wd'
+    GenerationRunner.from_cfg(chain_cfg(work_dir, **options))._check_work_dir()
+    for m in range(3):  # as if M0..M2 had finished
+        (work_dir / f'gen_{m}').mkdir()
+        (work_dir / f'gen_{m}' / 'generation.json').write_text('{}')
+    longer = GenerationRunner.from_cfg(chain_cfg(work_dir, resume=True, **{
+        'generations.num_generations': 3, **options}))
+    with pytest.raises(ValueError, match=(
+            r"generation 2 \(finished\).*with tolerant='all' the chain's "
+            r"last generation is not tolerant.*model\.head\.loss: "
+            r"CrossEntropyLoss\(loss_weight=1\.0\) recorded, "
+            r"TSDLoss\(eta=0\.7, k=3, num_classes=10\) now")):
+        longer._check_work_dir()
+
+
+def test_a_chain_recorded_before_per_generation_records_still_resumes(
+        chain, tmp_path):
+    """chain.json files of older versions hold digests of the whole config
+    (the first ones with the speed-only settings in): they resume with the
+    same config, refuse another, and are rewritten in the current form."""
+    import json
+    work_dir, records = chain
+    copy = tmp_path / 'copy'
+    shutil.copytree(work_dir, copy)
+    options = {'resume': True, 'generations.teacher_compile': True}
+    runner = GenerationRunner.from_cfg(chain_cfg(copy, **options))
+    legacy = dict(config=CHAIN, num_generations=2,
+                  fingerprint=runner.legacy_fingerprint(speed_settings=True))
+    assert legacy['fingerprint'] != runner.legacy_fingerprint()
+    (copy / 'chain.json').write_text(json.dumps(legacy))
+    with pytest.raises(ValueError, match=r"the config sections "
+                       r"\['generations'\] differ"):
+        GenerationRunner.from_cfg(chain_cfg(copy, **{
+            'generations.lam': 0.9, **options})).train()
+    assert GenerationRunner.from_cfg(chain_cfg(copy, **options)).train() \
+        == records
+    assert set(json.loads((copy / 'chain.json').read_text())[
+        'generations']) == {'0', '1', '2'}
+
+
+def test_missing_teacher_checkpoint_stops_before_training(chain, tmp_path):
+    work_dir, _ = chain
+    copy = tmp_path / 'copy'
+    shutil.copytree(work_dir, copy)
+    shutil.rmtree(copy / 'gen_2')
+    (copy / 'gen_1' / 'exported_model.pth').unlink()
+    cfg = chain_cfg(copy, resume=True)
+    with pytest.raises(FileNotFoundError, match='gen_1/exported_model.pth'):
+        GenerationRunner.from_cfg(cfg).train()
+    assert not (copy / 'gen_2').exists()
+
+
+def test_resume_of_a_finished_chain_retrains_nothing(chain, tmp_path):
+    work_dir, records = chain
+    copy = tmp_path / 'copy'
+    shutil.copytree(work_dir, copy)
+    stamps = {p: p.stat().st_mtime_ns for p in copy.rglob('*.pth')}
+    # Speed-only settings, dataloader workers and where the data lies may
+    # change between a run and its resume.
+    again = GenerationRunner.from_cfg(chain_cfg(copy, resume=True, **{
+        'generations.teacher_compile': True,
+        'generations.teacher_channels_last': False,
+        'train_dataloader.num_workers': 1,
+        'train_dataloader.dataset.data_root': '/moved/data'})).train()
+    assert again == records
+    assert {p: p.stat().st_mtime_ns for p in copy.rglob('*.pth')} == stamps
+
+
+def test_shrinking_a_finished_chain_is_refused(chain, tmp_path):
+    work_dir, _ = chain
+    copy = tmp_path / 'copy'
+    shutil.copytree(work_dir, copy)
+    cfg = chain_cfg(copy, **{
+        'generations.num_generations': 1,
+        'resume': True
+    })
+    with pytest.raises(ValueError, match=r'generations \[2\] beyond'):
+        GenerationRunner.from_cfg(cfg).train()
+
+
+KILLER = textwrap.dedent("""
+    import os
+    import os.path as osp
+    import signal
+
+    from mmengine.hooks import Hook
+    from mmpretrain.registry import HOOKS
+
+    WHERE = os.environ.get('KILL_AT', '')
+
+
+    def die():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+    if WHERE == 'while_writing_checkpoint':
+        # Kill once generation 1's epoch-2 checkpoint is fully written to
+        # its temporary file but not yet renamed into place.
+        _replace = os.replace
+
+        def replace(src, dst, *args, **kwargs):
+            if dst.endswith(osp.join('gen_1', 'epoch_2.pth')):
+                die()
+            return _replace(src, dst, *args, **kwargs)
+
+        os.replace = replace
+
+
+    @HOOKS.register_module()
+    class KillHook(Hook):
+        priority = 'LOWEST'  # after CheckpointHook
+
+        def _gen(self, runner):
+            return osp.basename(runner.work_dir)
+
+        def before_train(self, runner):
+            if WHERE == 'between_generations' and self._gen(runner) == 'gen_1':
+                die()
+
+        def after_train_epoch(self, runner):
+            if WHERE == 'between_epochs' and self._gen(runner) == 'gen_1' \\
+                    and runner.epoch == 0:
+                die()
+
+        def after_train_iter(self, runner, batch_idx, data_batch=None,
+                             outputs=None):
+            if WHERE == 'mid_epoch' and self._gen(runner) == 'gen_1' \\
+                    and runner.epoch == 1 and batch_idx == 5:
+                die()
+""")
+
+
+RESUME_OPTIONS = [
+    '--cfg-options', 'train_cfg.max_epochs=2',
+    'generations.num_generations=2', 'randomness.deterministic=True'
+]
+
+
+def run_chain(config, work_dir, python, extra_env=None, resume=False,
+              expect=0):
+    env = {'OMP_NUM_THREADS': '1', 'PYTHONPATH': REPO}
+    env.update(extra_env or {})
+    args = [python, 'tools/train.py', str(config), '--work-dir', str(work_dir)]
+    if resume:
+        args.append('--resume')
+    return run_tool(args + RESUME_OPTIONS, env=env, expect=expect)
+
+
+def chain_result(work_dir):
+    with open(work_dir / 'generations.json') as f:
+        records = json.load(f)
+    for r in records:  # timings differ from run to run
+        for key in ('wall_time_s', 'build_time_s', 'finish_time_s',
+                    'finish_parts_s'):
+            r.pop(key)
+        # A run resumed after its final validation predicts the test set
+        # again (the same numbers, checked by the equality below).
+        r.pop('test_predictions_from')
+    exported = [
+        weights(work_dir / f'gen_{m}' / 'exported_model.pth')
+        for m in range(3)
+    ]
+    return records, exported
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory, python_exe=None):
+    import sys
+    work_dir = tmp_path_factory.mktemp('uninterrupted')
+    run_chain(CHAIN, work_dir, sys.executable)
+    return chain_result(work_dir)
+
+
+@pytest.mark.parametrize('kill_at', [
+    'between_generations', 'between_epochs', 'mid_epoch',
+    'while_writing_checkpoint'
+])
+def test_chain_killed_anywhere_resumes_to_the_same_result(
+        uninterrupted, tmp_path, python, kill_at):
+    (tmp_path / 'killer.py').write_text(KILLER)
+    killing = tmp_path / 'killing_chain.py'
+    killing.write_text(
+        f'_base_ = [{CHAIN!r}]\n'
+        "custom_imports = dict(imports=['mmtolerant', 'killer'])\n"
+        "custom_hooks = [dict(type='KillHook')]\n")
+    work_dir = tmp_path / 'chain'
+    env = {'KILL_AT': kill_at, 'PYTHONPATH': f'{tmp_path}{os.pathsep}{REPO}'}
+    run_chain(killing, work_dir, python, env, expect=-9)
+    assert (work_dir / 'gen_0' / 'generation.json').is_file()
+    assert not (work_dir / 'gen_1' / 'generation.json').exists()
+    finished = {
+        p: p.stat().st_mtime_ns
+        for p in (work_dir / 'gen_0').iterdir()
+    }
+
+    resumed = run_chain(CHAIN, work_dir, python, resume=True)
+    log = resumed.stdout + resumed.stderr
+    assert 'generation 0/2 is finished' in log and 'not retrained' in log
+    if kill_at != 'between_generations':
+        assert re.search(r'generation 1: resuming from .*epoch_1\.pth', log)
+    # The finished generation was not touched.
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished
+    assert not list(work_dir.rglob('*.tmp-*'))
+
+    records, exported = chain_result(work_dir)
+    ref_records, ref_exported = uninterrupted
+    assert records == ref_records
+    for ours, ref in zip(exported, ref_exported):
+        assert_same_weights(ours, ref)
