@@ -1,9 +1,21 @@
 """mmtolerant: train image classifiers in generations with a tolerant teacher.
 
-``import mmtolerant`` registers the plugin's losses, classifiers, datasets,
-metrics, hooks and runners in mmpretrain's/MMEngine's registries and applies
-the stack fixes of :mod:`mmtolerant.utils.compat`. Configs load it with
-``custom_imports = dict(imports=['mmtolerant'], allow_failed_imports=False)``.
+``import mmtolerant`` (configs trigger it through ``custom_imports =
+dict(imports=['mmtolerant'], allow_failed_imports=False)``) registers the
+plugin's losses, classifiers, datasets, metrics, hooks and runners in
+mmpretrain's and MMEngine's registries, and extends MMEngine where it is
+meant to be extended:
+
+- MMEngine's checkpoint loader for local paths becomes a weights-only one
+  that allow-lists the few globals MMEngine writes (torch >= 2.6 refuses
+  MMEngine's own checkpoints otherwise; see
+  :mod:`mmtolerant.utils.checkpoint`);
+- a file backend ``atomic_local`` is registered (checkpoints written
+  through a temporary file and a rename; see :mod:`mmtolerant.utils.fileio`).
+
+It patches no class or function of another library. Distributed training
+without CUDA is set up by our tools and runner
+(:mod:`mmtolerant.utils.distributed`), not at import.
 """
 import warnings
 
@@ -22,9 +34,10 @@ except ImportError as e:  # pragma: no cover - depends on the install
 warnings.filterwarnings(
     'ignore', message='Fail to import ``MultiScaleDeformableAttention``')
 
-from .utils.compat import apply_compat_fixes  # noqa: E402
+from .utils import register_atomic_backend, register_safe_loader  # noqa
 
-apply_compat_fixes()
+register_safe_loader()
+register_atomic_backend()
 
 from . import datasets, engine, evaluation, models  # noqa: E402,F401
 from .version import __version__  # noqa: E402

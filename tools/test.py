@@ -13,8 +13,9 @@ import os.path as osp
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
-import mmtolerant  # noqa: F401  (registers modules, applies fixes)
-from mmtolerant.utils.compat import end_distributed
+import mmtolerant  # noqa: F401  (registers modules and the safe loader)
+from mmtolerant.utils.distributed import (cpu_ddp_cfg, end_distributed,
+                                          init_distributed)
 from mmtolerant.utils.config import merge_cfg_options, set_work_dir
 
 
@@ -121,6 +122,8 @@ def main():
                 'param_scheduler'):
         cfg.pop(key, None)
 
+    cpu_ddp_cfg(cfg)
+    init_distributed(cfg.launcher, cfg.get('env_cfg', {}).get('dist_cfg'))
     runner = Runner.from_cfg(cfg)
     metrics = runner.test()
     if args.out and args.out_item == 'pred':

@@ -1,8 +1,9 @@
 """Train a classifier (or a chain of generations) from an mmpretrain config.
 
 Same arguments as mmpretrain's ``tools/train.py``. ``import mmtolerant``
-registers the plugin and applies its stack fixes (weights-only checkpoint
-loading under torch >= 2.6, distributed training without CUDA).
+registers the plugin and its weights-only checkpoint loader (torch >= 2.6);
+this tool also writes checkpoints atomically and, on machines without CUDA,
+trains distributed runs on the CPU over gloo.
 """
 import argparse
 import os
@@ -12,9 +13,11 @@ from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 from mmengine.runner import Runner
 
-import mmtolerant  # noqa: F401  (registers modules, applies fixes)
-from mmtolerant.utils.compat import end_distributed
+import mmtolerant  # noqa: F401  (registers modules and the safe loader)
 from mmtolerant.utils.config import merge_cfg_options, set_work_dir
+from mmtolerant.utils.distributed import (cpu_ddp_cfg, end_distributed,
+                                          init_distributed)
+from mmtolerant.utils.fileio import use_atomic_checkpoints
 
 
 def parse_args():
@@ -109,10 +112,14 @@ def main():
     cfg = merge_cfg_options(cfg, args.cfg_options)
     cfg = merge_args(cfg, args)
 
-    if 'runner_type' in cfg:
+    cpu_ddp_cfg(cfg)
+    if 'runner_type' in cfg:  # the GenerationRunner sets up each generation
         from mmengine.registry import RUNNERS
         runner = RUNNERS.build(cfg)
     else:
+        use_atomic_checkpoints(cfg)
+        init_distributed(cfg.launcher,
+                         cfg.get('env_cfg', {}).get('dist_cfg'))
         runner = Runner.from_cfg(cfg)
     print_log(
         f'[mmtolerant] torch threads per process: {torch.get_num_threads()}',

@@ -8,23 +8,26 @@ ensembles of any set of generations can be evaluated later without
 re-running a model (``tools/analysis/ensemble.py``) and give the same
 numbers.
 """
-import glob
 import json
-import os
 import os.path as osp
-import re
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mmtolerant.utils.chain_layout import (PREDICTIONS, REPORT_JSON,
+                                           REPORT_MD, REPORT_PNG,
+                                           generation_paths)
+from mmtolerant.utils.fileio import atomic_file, atomic_write_text
 from .secondary_info import secondary_info
 
-PREDICTIONS = 'test_predictions.npz'
-REPORT_JSON = 'generations.json'
-REPORT_MD = 'generations.md'
-REPORT_PNG = 'generations.png'
+__all__ = [
+    'PREDICTIONS', 'generation_paths', 'predict_scores', 'save_predictions',
+    'load_predictions', 'topk_accuracy', 'prediction_stats',
+    'ensemble_scores', 'render_markdown', 'plot_chains', 'write_report',
+    'plot_report'
+]
 
 
 @torch.no_grad()
@@ -51,27 +54,14 @@ def predict_scores(model: torch.nn.Module,
 FLOAT32_LIMIT = 20_000_000
 
 
-def generation_paths(work_dir: str, name: str = '') -> List[Tuple[int, str]]:
-    """``[(m, path)]`` of the existing ``work_dir/gen_<m>/<name>``, by m
-    (with ``name=''``: the generation folders themselves)."""
-    found = []
-    for path in glob.glob(osp.join(work_dir, 'gen_*', name)):
-        gen_dir = osp.dirname(path) if name else path.rstrip(os.sep)
-        match = re.fullmatch(r'gen_(\d+)', osp.basename(gen_dir))
-        if match:
-            found.append((int(match.group(1)), path))
-    return sorted(found)
-
-
 def save_predictions(path: str, scores: np.ndarray,
                      labels: np.ndarray) -> np.ndarray:
     """Save scores (float32, or float16 when large) and labels; returns the
     scores as saved, which is what every statistic is computed from."""
     dtype = np.float32 if scores.size <= FLOAT32_LIMIT else np.float16
     saved = scores.astype(dtype)
-    tmp = f'{path}.tmp-{os.getpid()}.npz'
-    np.savez_compressed(tmp, scores=saved, labels=labels)
-    os.replace(tmp, path)
+    with atomic_file(path, suffix='.npz') as tmp:
+        np.savez_compressed(tmp, scores=saved, labels=labels)
     return saved.astype(np.float32)
 
 
@@ -181,16 +171,14 @@ def plot_chains(chains: Dict[str, List[dict]], path: str,
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    tmp = f'{path}.tmp-{os.getpid()}.png'
-    fig.savefig(tmp)
-    os.replace(tmp, path)
+    with atomic_file(path, suffix='.png') as tmp:
+        fig.savefig(tmp)
 
 
 def write_report(work_dir: str, records: List[dict], title: str,
                  plot: bool = True) -> None:
     """``generations.json``, ``generations.md`` and (with ``plot``)
     ``generations.png`` (see :func:`plot_report`)."""
-    from mmtolerant.utils.export import atomic_write_text
     atomic_write_text(
         json.dumps(records, indent=2), osp.join(work_dir, REPORT_JSON))
     atomic_write_text(

@@ -1,9 +1,9 @@
 from .checkpoint import (CheckpointLoadError, extract_state_dict,
                          register_safe_loader, safe_torch_load)
-from .compat import apply_compat_fixes
+from .fileio import register_atomic_backend
 from .model import bare_model
 
 __all__ = [
     'CheckpointLoadError', 'extract_state_dict', 'register_safe_loader',
-    'safe_torch_load', 'apply_compat_fixes', 'bare_model'
+    'register_atomic_backend', 'safe_torch_load', 'bare_model'
 ]

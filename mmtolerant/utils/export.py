@@ -10,20 +10,16 @@ backbone: then the config imports mmtolerant)::
     model = init_model('exported_model.py', 'exported_model.pth')
 """
 import copy
-import io
 import os
 import os.path as osp
 from typing import Any, Dict, Optional, Tuple
 
-import torch
 import torch.nn as nn
 from mmengine.config import Config, ConfigDict
 
-from .fileio import atomic_write
+from .chain_layout import EXPORT_CFG, EXPORT_CKPT
+from .fileio import atomic_torch_save, atomic_write_text
 from .model import bare_model
-
-EXPORT_CKPT = 'exported_model.pth'
-EXPORT_CFG = 'exported_model.py'
 
 
 def _is_plugin_type(type_name: Any) -> bool:
@@ -86,17 +82,6 @@ def _plain_meta(dataset_meta: Optional[dict]) -> Dict[str, Any]:
     if dataset_meta and dataset_meta.get('classes') is not None:
         meta['classes'] = [str(c) for c in dataset_meta['classes']]
     return meta
-
-
-def atomic_torch_save(obj: Any, path: str) -> None:
-    """``torch.save`` that a kill never leaves half written."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write(path, buffer.getvalue(), 'wb')
-
-
-def atomic_write_text(text: str, path: str) -> None:
-    atomic_write(path, text, 'w', encoding='utf-8')
 
 
 def export_plain_model(cfg: Config,

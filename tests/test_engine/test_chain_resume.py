@@ -11,6 +11,7 @@ import pytest
 from conftest import (CHAIN, REPO, assert_same_weights, chain_cfg,
                       run_tool, weights)
 from mmtolerant.engine.runner import GenerationRunner
+from mmtolerant.engine.runner.chain_plan import plan_chain
 
 
 def test_existing_chain_is_never_overwritten_without_resume(chain, tmp_path):
@@ -108,7 +109,9 @@ def test_extending_a_tolerant_all_chain_is_refused_with_the_reason(tmp_path):
     teaches nobody); a longer chain would need it tolerant."""
     options = {'generations.tolerant': 'all'}
     work_dir = tmp_path / 'wd'
-    GenerationRunner.from_cfg(chain_cfg(work_dir, **options))._check_work_dir()
+    first = GenerationRunner.from_cfg(chain_cfg(work_dir, **options))
+    plan_chain(first.layout, first.generation_cfgs, first.settings,
+               resume=False, config=CHAIN)  # records the chain
     for m in range(3):  # as if M0..M2 had finished
         (work_dir / f'gen_{m}').mkdir()
         (work_dir / f'gen_{m}' / 'generation.json').write_text('{}')
@@ -119,32 +122,27 @@ def test_extending_a_tolerant_all_chain_is_refused_with_the_reason(tmp_path):
             r"last generation is not tolerant.*model\.head\.loss: "
             r"CrossEntropyLoss\(loss_weight=1\.0\) recorded, "
             r"TSDLoss\(eta=0\.7, k=3, num_classes=10\) now")):
-        longer._check_work_dir()
+        longer.train()
 
 
-def test_a_chain_recorded_before_per_generation_records_still_resumes(
-        chain, tmp_path):
-    """chain.json files of older versions hold digests of the whole config
-    (the first ones with the speed-only settings in): they resume with the
-    same config, refuse another, and are rewritten in the current form."""
-    import json
-    work_dir, records = chain
+@pytest.mark.parametrize('text, why', [
+    ('{"config": "c.py", "fingerprint": {"model": "0123"}}',
+     'no per-generation records'),
+    ('{"generations": {', 'invalid JSON'),
+])
+def test_a_chain_record_that_cannot_be_compared_is_refused(
+        chain, tmp_path, text, why):
+    """Without its per-generation records the settings a work_dir's
+    generations were trained under are unknown: refused, naming the file,
+    rather than resumed unchecked."""
+    work_dir, _ = chain
     copy = tmp_path / 'copy'
     shutil.copytree(work_dir, copy)
-    options = {'resume': True, 'generations.teacher_compile': True}
-    runner = GenerationRunner.from_cfg(chain_cfg(copy, **options))
-    legacy = dict(config=CHAIN, num_generations=2,
-                  fingerprint=runner.legacy_fingerprint(speed_settings=True))
-    assert legacy['fingerprint'] != runner.legacy_fingerprint()
-    (copy / 'chain.json').write_text(json.dumps(legacy))
-    with pytest.raises(ValueError, match=r"the config sections "
-                       r"\['generations'\] differ"):
-        GenerationRunner.from_cfg(chain_cfg(copy, **{
-            'generations.lam': 0.9, **options})).train()
-    assert GenerationRunner.from_cfg(chain_cfg(copy, **options)).train() \
-        == records
-    assert set(json.loads((copy / 'chain.json').read_text())[
-        'generations']) == {'0', '1', '2'}
+    (copy / 'chain.json').write_text(text)
+    with pytest.raises(ValueError, match=re.escape(
+            f'{copy}/chain.json is not a chain record of this version of '
+            f'mmtolerant ({why}')):
+        GenerationRunner.from_cfg(chain_cfg(copy, resume=True)).train()
 
 
 def test_missing_teacher_checkpoint_stops_before_training(chain, tmp_path):

@@ -80,7 +80,7 @@ CHANGED_INPUT_ON_ONE_RANK = '''
 import torch
 import torch.distributed as dist
 from mmtolerant.models.classifiers.teacher_cache import TeacherOutputCache
-from mmtolerant.utils.compat import end_distributed
+from mmtolerant.utils.distributed import end_distributed
 
 dist.init_process_group('gloo')
 rank = dist.get_rank()

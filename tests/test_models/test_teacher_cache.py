@@ -374,6 +374,7 @@ def test_the_chains_cache_check_builds_wrapped_training_sets(tmp_path):
     """A RepeatDataset builds what it wraps in the default scope's registry:
     the check, made before any Runner exists, sets the scope itself."""
     from mmtolerant.engine.runner import GenerationRunner
+    from mmtolerant.engine.runner.generation_config import check_cache_input
     for pipeline in (DETERMINISTIC, RANDOM):
         cfg = chain_cfg(tmp_path / 'wd', **{
             'generations.teacher_cache': dict(),
@@ -383,16 +384,16 @@ def test_the_chains_cache_check_builds_wrapped_training_sets(tmp_path):
                              pipeline=pipeline))})
         runner = GenerationRunner.from_cfg(cfg)
         if pipeline is DETERMINISTIC:
-            runner._check_cache_input(0)
+            check_cache_input(runner.generation_cfgs[1], 1)
         else:
             with pytest.raises(ValueError, match='differently each time'):
-                runner._check_cache_input(0)
+                check_cache_input(runner.generation_cfgs[1], 1)
     # A generation whose overrides drop the cache is not checked.
     cfg = chain_cfg(tmp_path / 'wd', **{
         'generations.teacher_cache': dict(),
         'generations.num_generations': 1,
         'generations.overrides': {1: {'model.teacher_cache': None}}})
-    GenerationRunner.from_cfg(cfg)._check_cache_input(0)
+    check_cache_input(GenerationRunner.from_cfg(cfg).generation_cfgs[1], 1)
 
 
 def test_views_need_the_wrapped_dataset(digits_teacher, tmp_path):

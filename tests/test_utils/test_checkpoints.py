@@ -175,9 +175,11 @@ def test_run_killed_after_an_epoch_resumes_from_its_last_checkpoint(
 
 def test_an_interrupted_checkpoint_write_leaves_the_previous_file_intact(
         tmp_path, monkeypatch):
-    from mmengine.fileio.backends.local_backend import LocalBackend
+    """Through the file backend the chain and tools/train.py give every
+    CheckpointHook (``backend_args=dict(backend='atomic_local')``)."""
+    from mmengine.fileio import get_file_backend
     target = tmp_path / 'epoch_1.pth'
-    backend = LocalBackend()
+    backend = get_file_backend(backend_args=dict(backend='atomic_local'))
     backend.put(b'good checkpoint', target)
 
     def killed(fd):
@@ -190,3 +192,39 @@ def test_an_interrupted_checkpoint_write_leaves_the_previous_file_intact(
         backend.put_text('half', tmp_path / 'last_checkpoint')
     assert target.read_bytes() == b'good checkpoint'
     assert sorted(p.name for p in tmp_path.iterdir()) == ['epoch_1.pth']
+
+
+def test_import_patches_no_class_of_another_library(python, tmp_path):
+    """``import mmtolerant`` registers (modules, a checkpoint loader scheme,
+    a file backend) but leaves MMEngine's and torch's code as it was."""
+    script = textwrap.dedent("""
+        import torch
+        from mmengine.dist import utils as dist_utils
+        from mmengine.fileio.backends import LocalBackend
+        from mmengine.model import MMDistributedDataParallel
+        before = (LocalBackend.put, LocalBackend.put_text,
+                  dist_utils._init_dist_pytorch, dist_utils.init_dist,
+                  MMDistributedDataParallel.__init__, torch.load)
+        import mmtolerant
+        after = (LocalBackend.put, LocalBackend.put_text,
+                 dist_utils._init_dist_pytorch, dist_utils.init_dist,
+                 MMDistributedDataParallel.__init__, torch.load)
+        print('UNCHANGED' if before == after else 'PATCHED')
+    """)
+    proc = run_tool([python, '-c', script], cwd=str(tmp_path))
+    assert 'UNCHANGED' in proc.stdout, proc.log[-2000:]
+
+
+def test_the_run_config_writes_checkpoints_atomically_where_local():
+    from mmengine.config import Config
+
+    from mmtolerant.utils.fileio import use_atomic_checkpoints
+    local = Config(dict(default_hooks=dict(checkpoint=dict(
+        type='CheckpointHook', interval=1))))
+    use_atomic_checkpoints(local)
+    assert local.default_hooks.checkpoint.backend_args == dict(
+        backend='atomic_local')
+    remote = Config(dict(default_hooks=dict(checkpoint=dict(
+        type='CheckpointHook', out_dir='s3://bucket/run'))))
+    use_atomic_checkpoints(remote)
+    assert 'backend_args' not in remote.default_hooks.checkpoint

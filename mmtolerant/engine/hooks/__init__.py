@@ -1,9 +1,10 @@
-from .chain_progress_hook import ChainProgressHook, EpochSeedHook
+from .chain_progress_hook import ChainProgressHook
+from .epoch_seed_hook import EpochSeedHook
 from .export_model_hook import ExportModelHook
-from .final_val_predictions_hook import FinalValPredictionsHook
+from .generation_finish_hook import GenerationFinishHook
 from .teacher_cache_logger_hook import TeacherCacheLoggerHook
 
 __all__ = [
-    'ExportModelHook', 'ChainProgressHook', 'EpochSeedHook',
-    'FinalValPredictionsHook', 'TeacherCacheLoggerHook'
+    'ChainProgressHook', 'EpochSeedHook', 'ExportModelHook',
+    'GenerationFinishHook', 'TeacherCacheLoggerHook'
 ]

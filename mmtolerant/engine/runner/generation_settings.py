@@ -4,8 +4,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
-from mmtolerant.models.classifiers.distill_classifier import \
-    check_teacher_options
+from mmtolerant.models.classifiers import check_teacher_options
 from mmtolerant.models.classifiers.teacher_cache import \
     teacher_cache_from_cfg
 

@@ -1,0 +1,126 @@
+"""Where a chain starts: which generations are finished, which checkpoint
+the first unfinished one resumes from, and the refusals that keep a
+work_dir's results from being lost or mixed."""
+import os
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from mmengine.config import Config
+from mmengine.logging import print_log
+
+from mmtolerant.utils.chain_layout import CHAIN_FILE, ChainLayout
+from mmtolerant.utils.checkpoint import CheckpointLoadError, safe_torch_load
+from .chain_record import ChainRecord
+from .generation_settings import GenerationSettings
+
+
+@dataclass
+class ChainPlan:
+    """What a run of the chain does.
+
+    Attributes:
+        finished (list[int]): Generations finished earlier (not retrained).
+        resume_from (str, optional): The checkpoint the first unfinished
+            generation resumes from.
+    """
+    finished: List[int] = field(default_factory=list)
+    resume_from: Optional[str] = None
+
+    @property
+    def first(self) -> int:
+        """The first generation to train."""
+        return len(self.finished)
+
+
+def plan_chain(layout: ChainLayout, cfgs: List[Config],
+               settings: GenerationSettings, resume: bool,
+               config: Optional[str]) -> ChainPlan:
+    """Check the work_dir against this run, record the chain in
+    ``chain.json`` and say where to start (main process only)."""
+    record = ChainRecord.of(cfgs, settings, config)
+    _check_work_dir(layout, record, settings, resume)
+    os.makedirs(layout.work_dir, exist_ok=True)
+    record.save(layout.path(CHAIN_FILE))
+    finished = [
+        m for m in range(settings.num_generations + 1)
+        if layout.is_finished(m)
+    ]
+    plan = ChainPlan(finished=finished)
+    if resume and plan.first <= settings.num_generations:
+        # Half-written files of a killed write are never read; clear them.
+        for stale in layout.stale_tmp_files(plan.first):
+            os.remove(stale)
+        plan.resume_from = latest_checkpoint(layout, plan.first)
+    return plan
+
+
+def latest_checkpoint(layout: ChainLayout, m: int) -> Optional[str]:
+    """The newest checkpoint of generation m that loads, if any."""
+    for _, path in layout.checkpoints(m):
+        try:
+            safe_torch_load(path)
+        except CheckpointLoadError as e:
+            print_log(f'[chain] skipping unreadable checkpoint: {e}',
+                      logger='current', level=30)
+            continue
+        return path
+    return None
+
+
+def _check_work_dir(layout: ChainLayout, record: ChainRecord,
+                    settings: GenerationSettings, resume: bool) -> None:
+    """Refuse what would lose or mix results."""
+    existing = layout.existing()
+    n = settings.num_generations
+    if os.path.isfile(layout.path(CHAIN_FILE)):
+        recorded = ChainRecord.load(layout.path(CHAIN_FILE))
+        for m in existing:
+            if m <= n and (layout.is_finished(m) or layout.checkpoints(m)):
+                _refuse_changed(layout, record, recorded, settings, m)
+    beyond = [m for m in existing if m > n]
+    if beyond:
+        raise ValueError(
+            f'{layout.work_dir} holds generations {beyond} beyond '
+            f'num_generations={n}; resuming would drop them from the '
+            f'report. Keep num_generations >= {max(beyond)} or use another '
+            '--work-dir.')
+    if existing and not resume:
+        finished = [m for m in existing if layout.is_finished(m)]
+        raise ValueError(
+            f'{layout.work_dir} already holds generations {existing} '
+            f'(finished: {finished}). Pass --resume to continue the chain, '
+            'or choose another --work-dir; nothing was overwritten.')
+    for m in range(1, n + 1):
+        if layout.is_finished(m) and not layout.is_finished(m - 1):
+            raise ValueError(
+                f'generation {m} is finished but its teacher, generation '
+                f'{m - 1}, is not: {layout.work_dir} is inconsistent')
+
+
+def _refuse_changed(layout: ChainLayout, record: ChainRecord,
+                    recorded: ChainRecord, settings: GenerationSettings,
+                    m: int) -> None:
+    """Refuse a resume that would keep started generation m (finished, or
+    with a checkpoint) trained under other settings than this config gives
+    it. Generations not started yet may change: a resume trains them with
+    this config."""
+    changes = record.changes(recorded, m)
+    if not changes:
+        return
+    shown = '; '.join(changes[:4]) + (
+        f'; and {len(changes) - 4} more' if len(changes) > 4 else '')
+    if layout.is_finished(m):
+        state, remedy = 'finished', ''
+    else:
+        state = 'started'
+        remedy = (f' To train generation {m} anew under these settings, '
+                  f'delete {layout.gen_dir(m)};')
+    hint = ''
+    if settings.tolerant == 'all' and \
+            recorded.num_generations != settings.num_generations:
+        hint = (" (with tolerant='all' the chain's last generation is not "
+                'tolerant, so extending or shrinking the chain changes it)')
+    raise ValueError(
+        f'{layout.work_dir}: generation {m} ({state}) was trained under '
+        f'other settings than this config gives it{hint}: {shown}.{remedy} '
+        'Use the config and options that made it, or another --work-dir.')

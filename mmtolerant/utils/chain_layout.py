@@ -1,0 +1,84 @@
+"""Every path of a chain's work_dir, named in one place::
+
+    work_dir/
+        chain.json                 what each generation is trained under
+        generations.json/.md/.png  the report of the generations so far
+        gen_<m>/                   generation m: an ordinary MMEngine run
+            epoch_<n>.pth, iter_<n>.pth, best_*.pth, <timestamp>/ (logs)
+            exported_model.pth/.py the handed-on model, as stock mmpretrain
+            test_predictions.npz   its softmax scores on the test set
+            generation.json        its record; written last: m is finished
+"""
+import glob
+import os
+import os.path as osp
+import re
+from typing import List, Tuple
+
+from .fileio import TMP_MARK
+
+CHAIN_FILE = 'chain.json'
+GENERATION_FILE = 'generation.json'
+EXPORT_CKPT = 'exported_model.pth'
+EXPORT_CFG = 'exported_model.py'
+PREDICTIONS = 'test_predictions.npz'
+REPORT_JSON = 'generations.json'
+REPORT_MD = 'generations.md'
+REPORT_PNG = 'generations.png'
+
+
+def generation_paths(work_dir: str, name: str = '') -> List[Tuple[int, str]]:
+    """``[(m, path)]`` of the existing ``work_dir/gen_<m>/<name>``, by m
+    (with ``name=''``: the generation folders themselves)."""
+    found = []
+    for path in glob.glob(osp.join(work_dir, 'gen_*', name)):
+        gen_dir = osp.dirname(path) if name else path.rstrip(os.sep)
+        match = re.fullmatch(r'gen_(\d+)', osp.basename(gen_dir))
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+class ChainLayout:
+    """The paths of the chain in ``work_dir``."""
+
+    def __init__(self, work_dir: str):
+        self.work_dir = osp.abspath(work_dir)
+
+    def path(self, name: str) -> str:
+        """A file of the chain itself (``CHAIN_FILE``, ``REPORT_*``)."""
+        return osp.join(self.work_dir, name)
+
+    def gen_dir(self, m: int) -> str:
+        return osp.join(self.work_dir, f'gen_{m}')
+
+    def gen_file(self, m: int, name: str) -> str:
+        """A file of generation m (``EXPORT_*``, ``PREDICTIONS``,
+        ``GENERATION_FILE``)."""
+        return osp.join(self.gen_dir(m), name)
+
+    def existing(self) -> List[int]:
+        """The generations that have a folder."""
+        return [m for m, _ in generation_paths(self.work_dir)]
+
+    def is_finished(self, m: int) -> bool:
+        return osp.isfile(self.gen_file(m, GENERATION_FILE))
+
+    def checkpoints(self, m: int) -> List[Tuple[int, str]]:
+        """``[(epoch or iteration, path)]`` of generation m's training
+        checkpoints (``epoch_<n>.pth``, ``iter_<n>.pth``), newest first."""
+        found = []
+        for path in glob.glob(osp.join(self.gen_dir(m), '*.pth')):
+            name = re.fullmatch(r'(epoch|iter)_(\d+)\.pth', osp.basename(path))
+            if name:
+                found.append((int(name.group(2)), path))
+        return sorted(found, reverse=True)
+
+    def best_checkpoints(self, m: int) -> List[str]:
+        """Generation m's ``best_*.pth``, oldest first."""
+        return sorted(glob.glob(osp.join(self.gen_dir(m), 'best_*.pth')),
+                      key=osp.getmtime)
+
+    def stale_tmp_files(self, m: int) -> List[str]:
+        """Half-written files of a killed write in generation m's folder."""
+        return glob.glob(osp.join(self.gen_dir(m), f'*{TMP_MARK}*'))
