@@ -7,16 +7,16 @@ to report the teacher too.
 """
 import argparse
 import json
-import os
 import os.path as osp
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from mmengine.runner import Runner
 
 import mmtolerant  # noqa: F401  (registers modules and the safe loader)
 from mmtolerant.utils.distributed import (cpu_ddp_cfg, end_distributed,
                                           init_distributed)
-from mmtolerant.utils.config import merge_cfg_options, set_work_dir
+from mmtolerant.utils.config import (add_flags, merge_cfg_options,
+                                     parse_run_args, set_work_dir)
 
 
 def parse_args():
@@ -36,39 +36,21 @@ def parse_args():
         help='what --out holds: the metrics, or every sample\'s scores and '
         'label (an .npz of arrays: no pickle)')
     parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override settings of the config')
-    parser.add_argument(
         '--show-dir',
         help='save images with their predictions here (visualization hook)')
-    parser.add_argument(
-        '--show', action='store_true', help='show the predictions on screen')
     parser.add_argument(
         '--interval', type=int, default=1,
         help='visualize every this many samples')
     parser.add_argument(
         '--wait-time', type=float, default=2,
         help='seconds each shown image stays')
-    parser.add_argument(
-        '--no-pin-memory', action='store_true',
-        help='do not pin memory in the test dataloader')
-    parser.add_argument(
-        '--amp', action='store_true', help='test in mixed precision')
-    parser.add_argument(
-        '--tta', action='store_true',
-        help='test-time augmentation with the config\'s tta_pipeline')
-    parser.add_argument(
-        '--launcher',
-        choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none',
-        help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    add_flags(parser, [
+        ('--show', 'show the predictions on screen'),
+        ('--no-pin-memory', 'do not pin memory in the test dataloader'),
+        ('--amp', 'test in mixed precision'),
+        ('--tta', 'test-time augmentation with the config\'s tta_pipeline'),
+    ])
+    return parse_run_args(parser)
 
 
 def main():

@@ -6,15 +6,15 @@ this tool also writes checkpoints atomically and, on machines without CUDA,
 trains distributed runs on the CPU over gloo.
 """
 import argparse
-import os
 
 import torch
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from mmengine.logging import print_log
 from mmengine.runner import Runner
 
 import mmtolerant  # noqa: F401  (registers modules and the safe loader)
-from mmtolerant.utils.config import merge_cfg_options, set_work_dir
+from mmtolerant.utils.config import (add_flags, merge_cfg_options,
+                                     parse_run_args, set_work_dir)
 from mmtolerant.utils.distributed import (cpu_ddp_cfg, end_distributed,
                                           init_distributed)
 from mmtolerant.utils.fileio import use_atomic_checkpoints
@@ -31,38 +31,16 @@ def parse_args():
         const='auto',
         help='resume from the given checkpoint, or from the latest checkpoint '
         'of the work_dir when no path is given')
-    parser.add_argument(
-        '--amp', action='store_true',
-        help='enable automatic mixed precision training')
-    parser.add_argument(
-        '--no-validate', action='store_true',
-        help='do not evaluate checkpoints during training')
-    parser.add_argument(
-        '--auto-scale-lr', action='store_true',
-        help='scale the learning rate with the total batch size')
-    parser.add_argument(
-        '--no-pin-memory', action='store_true',
-        help='do not pin memory in the dataloaders')
-    parser.add_argument(
-        '--no-persistent-workers', action='store_true',
-        help='do not keep dataloader workers alive between epochs')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override settings of the config, e.g. '
-        'model.lam=0.3 data_root=/data/fashion_mnist')
-    parser.add_argument(
-        '--launcher',
-        choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none',
-        help='job launcher')
-    # torch.distributed.launch passes --local-rank (torch>=2.0)
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    add_flags(parser, [
+        ('--amp', 'enable automatic mixed precision training'),
+        ('--no-validate', 'do not evaluate checkpoints during training'),
+        ('--auto-scale-lr', 'scale the learning rate with the total batch '
+         'size'),
+        ('--no-pin-memory', 'do not pin memory in the dataloaders'),
+        ('--no-persistent-workers', 'do not keep dataloader workers alive '
+         'between epochs'),
+    ])
+    return parse_run_args(parser)
 
 
 def merge_args(cfg, args):

@@ -67,3 +67,30 @@ def set_work_dir(cfg: Config, work_dir: Optional[str], config_path: str) -> None
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs',
                                 osp.splitext(osp.basename(config_path))[0])
+
+
+def add_flags(parser, flags) -> None:
+    """``store_true`` options: ``flags`` is ``[(name, help), ...]``."""
+    for name, help_text in flags:
+        parser.add_argument(name, action='store_true', help=help_text)
+
+
+def parse_run_args(parser):
+    """Add what every run tool takes (``--cfg-options``, ``--launcher``,
+    ``--local-rank``) and parse; ``LOCAL_RANK`` is set from
+    ``--local-rank`` when a launcher gave only that."""
+    import os
+
+    from mmengine.config import DictAction
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction,
+        help='override settings of the config, e.g. model.lam=0.3 '
+        'data_root=/data/fashion_mnist')
+    parser.add_argument(
+        '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none', help='job launcher')
+    # torch.distributed.launch passes --local-rank (torch>=2.0)
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args()
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args

@@ -21,6 +21,11 @@ def _no_cuda() -> bool:
     return not torch.cuda.is_available()
 
 
+def _log_gloo(backend: str) -> None:
+    print_log(f'[mmtolerant] no CUDA device: using the gloo backend instead '
+              f'of {backend!r} for distributed training', logger='current')
+
+
 def init_distributed(launcher: str, dist_cfg: dict = None) -> None:
     """Start the process group of a ``launcher`` run (a no-op for
     ``'none'`` or a group already started): MMEngine's ``init_dist``, or
@@ -30,11 +35,9 @@ def init_distributed(launcher: str, dist_cfg: dict = None) -> None:
         return
     dist_cfg = dict(dist_cfg or {})
     if _no_cuda() and launcher == 'pytorch':
-        backend = dist_cfg.pop('backend', 'gloo')
+        backend = dist_cfg.pop('backend', 'nccl')
         if backend != 'gloo':
-            print_log(f'[mmtolerant] no CUDA device: using the gloo backend '
-                      f'instead of {backend!r} for distributed training',
-                      logger='current')
+            _log_gloo(backend)
         timeout = dist_cfg.pop('timeout', None)
         if timeout is not None:
             import datetime
@@ -59,8 +62,10 @@ def cpu_ddp_cfg(cfg) -> None:
             find_unused_parameters=cfg.get('find_unused_parameters', False))
     else:
         wrapper.setdefault('device_ids', None)
-    env_cfg = cfg.setdefault('env_cfg', dict())
-    env_cfg.setdefault('dist_cfg', dict())['backend'] = 'gloo'
+    dist_cfg = cfg.setdefault('env_cfg', dict()).setdefault('dist_cfg', {})
+    if dist_cfg.get('backend', 'nccl') != 'gloo':
+        _log_gloo(dist_cfg.get('backend', 'nccl'))
+    dist_cfg['backend'] = 'gloo'
 
 
 def end_distributed() -> None:

@@ -278,6 +278,7 @@ def uninterrupted(tmp_path_factory, python_exe=None):
     return chain_result(work_dir)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kill_at', [
     'between_generations', 'between_epochs', 'mid_epoch',
     'while_writing_checkpoint'

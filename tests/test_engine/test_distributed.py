@@ -35,6 +35,7 @@ def dist_train_student(config, work_dir, teacher, python, *options):
     return log
 
 
+@pytest.mark.slow
 def test_dist_train_sh_trains_the_distillation_classifier_on_2_cpu_processes(
         digits_teacher, tmp_path, python):
     work_dir = tmp_path / 'ddp'
@@ -56,6 +57,7 @@ def test_dist_train_sh_trains_the_distillation_classifier_on_2_cpu_processes(
                if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_ddp_ranks_share_the_teacher_cache(digits_teacher, tmp_path, python):
     """2 processes, shuffled: each rank sees other samples every epoch, yet
     the teacher runs once per sample for the whole job (the ranks exchange
@@ -103,6 +105,7 @@ end_distributed()
 '''
 
 
+@pytest.mark.slow
 def test_a_changed_input_on_one_rank_stops_every_rank(tmp_path, python):
     """The rank whose cached sample changed raises its error and the others
     raise with it, naming the cause, instead of failing in their next
@@ -147,6 +150,7 @@ GenerationRunner.from_cfg(cfg).train()
 '''
 
 
+@pytest.mark.slow
 def test_a_ddp_chain_with_a_cache_checks_its_students_data_on_every_rank(
         tmp_path, python):
     """mmpretrain's (Fashion)MNIST and CIFAR datasets meet in a barrier
@@ -167,6 +171,7 @@ def test_a_ddp_chain_with_a_cache_checks_its_students_data_on_every_rank(
         out[-3000:]
 
 
+@pytest.mark.slow
 def test_chain_under_2_process_ddp_on_the_cpu(tmp_path, python):
     work_dir = tmp_path / 'ddp_chain'
     proc = run_tool(
@@ -211,6 +216,7 @@ FAILING_RANK = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_one_ranks_failure_stops_the_ddp_chain_with_its_error(
         tmp_path, python):
     (tmp_path / 'failing.py').write_text(FAILING_RANK)

@@ -53,6 +53,7 @@ def test_each_teacher_is_the_previous_generations_export_bit_for_bit(chain):
         assert_same_weights(student.teacher.state_dict(), exported)
 
 
+@pytest.mark.slow
 def test_report_numbers_equal_an_independent_computation(chain, python):
     work_dir, records = chain
     preds = {}

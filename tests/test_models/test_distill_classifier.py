@@ -161,6 +161,7 @@ def test_validation_reports_the_student_and_the_teachers_accuracy(
     assert 'accuracy/top1' in metrics
 
 
+@pytest.mark.slow
 def test_exported_student_loads_into_stock_mmpretrain_without_mmtolerant(
         student_run, tmp_path, python):
     work_dir = student_run.work_dir
@@ -244,6 +245,7 @@ def test_a_config_given_as_the_teacher_checkpoint_is_named_as_such(
         MODELS.build(cfg.model)
 
 
+@pytest.mark.slow
 def test_test_tool_reports_metrics_and_dumps_predictions_without_pickle(
         digits_teacher, tmp_path, python):
     config = 'configs/digits/strict_teacher_r18t_digits.py'

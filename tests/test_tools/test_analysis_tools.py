@@ -11,6 +11,7 @@ import torch
 from conftest import (CHAIN, REPO, run_tool)
 
 
+@pytest.mark.slow
 def test_plot_chains_tool_compares_chains_side_by_side(chain, tmp_path,
                                                       python):
     work_dir, records = chain
@@ -29,6 +30,7 @@ def test_plot_chains_tool_compares_chains_side_by_side(chain, tmp_path,
     assert float(last[2]) == pytest.approx(records[2]['top1'], abs=0.005)
 
 
+@pytest.mark.slow
 def test_secondary_info_tool_reads_a_chains_saved_predictions(
         chain, tmp_path, python):
     from mmtolerant.evaluation.secondary_info import secondary_info
@@ -53,6 +55,7 @@ def test_secondary_info_tool_reads_a_chains_saved_predictions(
     assert (tmp_path / 'si' / 'secondary_info.png').is_file()
 
 
+@pytest.mark.slow
 def test_secondary_info_tool_averages_chains_that_share_a_label(
         chain, tmp_path, python):
     """Seeds of one setting: rows are the mean over the chains."""
@@ -86,6 +89,7 @@ def test_secondary_info_tool_averages_chains_that_share_a_label(
             assert row[key] == pytest.approx(value)
 
 
+@pytest.mark.slow
 def test_linear_probe_tool_equals_a_probe_fitted_by_hand(chain, tmp_path,
                                                         python):
     from mmengine.dataset import pseudo_collate
@@ -134,6 +138,7 @@ def test_linear_probe_tool_equals_a_probe_fitted_by_hand(chain, tmp_path,
     assert rows[2]['feature_dim'] == 64
 
 
+@pytest.mark.slow
 def test_sweep_tool_runs_a_grid_collects_reports_and_skips_finished_runs(
         tmp_path, python):
     args = [
@@ -178,6 +183,7 @@ def test_sweep_tool_runs_a_grid_collects_reports_and_skips_finished_runs(
     assert again.stdout.count('finished earlier') == 2
 
 
+@pytest.mark.slow
 def test_sweep_tool_names_runs_of_several_configs_and_checks_the_baseline(
         tmp_path, python):
     strict = osp.join(REPO, 'configs', 'fashion_mnist_500',

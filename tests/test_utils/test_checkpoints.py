@@ -85,6 +85,7 @@ def test_crafted_teacher_checkpoint_is_refused_at_build(
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_crafted_checkpoint_is_refused_by_the_test_tool(
         crafted, digits_teacher, python):
     path, marker = crafted
@@ -96,6 +97,7 @@ def test_crafted_checkpoint_is_refused_by_the_test_tool(
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_stock_mmengine_cannot_read_its_own_checkpoint_but_we_can(
         digits_teacher, python, tmp_path):
     """The incompatibility is real (so the fix is needed), and the fix keeps
@@ -139,6 +141,7 @@ KILLER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_run_killed_after_an_epoch_resumes_from_its_last_checkpoint(
         digits_teacher, tmp_path, python):
     (tmp_path / 'killer_hook.py').write_text(KILLER)
@@ -194,6 +197,7 @@ def test_an_interrupted_checkpoint_write_leaves_the_previous_file_intact(
     assert sorted(p.name for p in tmp_path.iterdir()) == ['epoch_1.pth']
 
 
+@pytest.mark.slow
 def test_import_patches_no_class_of_another_library(python, tmp_path):
     """``import mmtolerant`` registers (modules, a checkpoint loader scheme,
     a file backend) but leaves MMEngine's and torch's code as it was."""
