@@ -10,17 +10,12 @@ test set (saved by the chain in gen_<m>/test_predictions.npz).
 """
 import argparse
 import json
-import os.path as osp
 
+from mmtolerant.evaluation.chain_results import generation_files
 from mmtolerant.evaluation.generation_report import (PREDICTIONS,
                                                      ensemble_scores,
-                                                     generation_paths,
                                                      load_predictions,
                                                      topk_accuracy)
-
-
-def finished_generations(work_dir):
-    return [m for m, _ in generation_paths(work_dir, PREDICTIONS)]
 
 
 def parse_set(text):
@@ -35,10 +30,11 @@ def parse_set(text):
 
 
 def evaluate(work_dir, sets):
-    available = finished_generations(work_dir)
-    if not available:
-        raise SystemExit(f'{work_dir} holds no finished generation '
-                         f'(gen_<m>/{PREDICTIONS})')
+    try:
+        paths = dict(generation_files(work_dir, PREDICTIONS))
+    except FileNotFoundError as e:
+        raise SystemExit(e)
+    available = list(paths)
     if sets is None:
         students = [m for m in available if m >= 1]
         sets = [students[:i] for i in range(1, len(students) + 1)]
@@ -54,8 +50,7 @@ def evaluate(work_dir, sets):
         labels = None
         for m in members:
             if m not in cache:
-                cache[m] = load_predictions(
-                    osp.join(work_dir, f'gen_{m}', PREDICTIONS))
+                cache[m] = load_predictions(paths[m])
             s, y = cache[m]
             if labels is not None and (len(y) != len(labels)
                                        or (y != labels).any()):

@@ -19,18 +19,19 @@ import json
 import os.path as osp
 
 import torch
+from mmengine.config import Config
+from mmengine.dataset import pseudo_collate
+from mmengine.registry import DefaultScope
+from mmpretrain.registry import DATASETS, MODELS
+
+from mmtolerant.evaluation.chain_results import chain_labels, generation_files
+from mmtolerant.evaluation.linear_probe import extract_features, probe_accuracy
+from mmtolerant.evaluation.mean_std import format_mean_std, mean_std
+from mmtolerant.utils import extract_state_dict, safe_torch_load
+from mmtolerant.utils.chain_layout import EXPORT_CFG, EXPORT_CKPT
 
 
-def exported_models(work_dir):
-    from mmtolerant.evaluation.generation_report import generation_paths
-    found = [(f'M{m}', path, osp.join(osp.dirname(path), 'exported_model.py'))
-             for m, path in generation_paths(work_dir, 'exported_model.pth')]
-    if not found:
-        raise SystemExit(f'{work_dir}: no gen_<m>/exported_model.pth')
-    return found
-
-
-def main():
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('work_dirs', nargs='*', help='chain work_dirs')
     parser.add_argument('--labels', nargs='+')
@@ -43,60 +44,72 @@ def main():
                         help='inverse regularisation of the probe')
     parser.add_argument('--out', help='write the rows to this JSON file')
     args = parser.parse_args()
+    try:
+        args.labels = chain_labels(args.work_dirs, args.labels)
+    except ValueError as e:
+        parser.error(str(e))
+    return args
 
-    from mmengine.config import Config
-    from mmengine.dataset import pseudo_collate
-    from mmengine.registry import DefaultScope
-    from mmpretrain.registry import DATASETS, MODELS
 
-    import mmtolerant  # noqa: F401
-    from mmtolerant.evaluation.linear_probe import (extract_features,
-                                                    probe_accuracy)
-    from mmtolerant.utils import extract_state_dict, safe_torch_load
+def models_to_probe(work_dirs, labels, checkpoints):
+    """``[(name, checkpoint, config)]``: each generation of each chain, then
+    the checkpoints."""
+    models = []
+    for label, work_dir in zip(labels, work_dirs):
+        try:
+            found = generation_files(work_dir, EXPORT_CKPT)
+        except FileNotFoundError as e:
+            raise SystemExit(e)
+        models += [(f'{label} M{m}', ckpt,
+                    osp.join(osp.dirname(ckpt), EXPORT_CFG))
+                   for m, ckpt in found]
+    return models + [(osp.basename(ckpt), ckpt, osp.splitext(ckpt)[0] + '.py')
+                     for ckpt in checkpoints]
 
-    probe = Config.fromfile(args.probe)
+
+def probe_loaders(probe_config, batch_size):
+    probe = Config.fromfile(probe_config)
     with DefaultScope.overwrite_default_scope('mmpretrain'):
         datasets = {
             split: DATASETS.build(probe[f'probe_{split}'])
             for split in ('train', 'test')
         }
-    loaders = {
+    return {
         split: torch.utils.data.DataLoader(
-            ds, batch_size=args.batch_size, shuffle=False,
+            ds, batch_size=batch_size, shuffle=False,
             collate_fn=pseudo_collate)
         for split, ds in datasets.items()
     }
 
-    models = []
-    labels = args.labels or [osp.basename(osp.normpath(d))
-                             for d in args.work_dirs]
-    for label, work_dir in zip(labels, args.work_dirs):
-        models += [(f'{label} {name}', ckpt, cfg)
-                   for name, ckpt, cfg in exported_models(work_dir)]
-    for ckpt in args.checkpoints:
-        models.append((osp.basename(ckpt), ckpt,
-                       osp.splitext(ckpt)[0] + '.py'))
 
+def probe_model(name, ckpt, cfg_path, loaders, c):
+    cfg = Config.fromfile(cfg_path)
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        model = MODELS.build(cfg.model)
+    model.load_state_dict(
+        extract_state_dict(safe_torch_load(ckpt), ckpt), strict=True)
+    feats = {s: extract_features(model, l) for s, l in loaders.items()}
+    acc = probe_accuracy(feats['train'], feats['test'], c=c)
+    return dict(model=name, checkpoint=ckpt, probe_top1=acc,
+                feature_dim=int(feats['train'][0].shape[1]))
+
+
+def main():
+    args = parse_args()
+    models = models_to_probe(args.work_dirs, args.labels, args.checkpoints)
+    loaders = probe_loaders(args.probe, args.batch_size)
     rows = []
     print('| model | linear-probe top-1 |\n| --- | --- |')
     for name, ckpt, cfg_path in models:
-        cfg = Config.fromfile(cfg_path)
-        with DefaultScope.overwrite_default_scope('mmpretrain'):
-            model = MODELS.build(cfg.model)
-        model.load_state_dict(
-            extract_state_dict(safe_torch_load(ckpt), ckpt), strict=True)
-        feats = {s: extract_features(model, l) for s, l in loaders.items()}
-        acc = probe_accuracy(feats['train'], feats['test'], c=args.c)
-        rows.append(dict(model=name, checkpoint=ckpt, probe_top1=acc,
-                         feature_dim=int(feats['train'][0].shape[1])))
-        print(f'| {name} | {acc:.2f} |', flush=True)
+        rows.append(probe_model(name, ckpt, cfg_path, loaders, args.c))
+        print(f"| {name} | {rows[-1]['probe_top1']:.2f} |", flush=True)
     summary = summarise(rows)
     if summary:
         print('\n| chain | model | runs | linear-probe top-1 (mean ± std) |'
               '\n| --- | --- | --- | --- |')
         for row in summary:
             print(f"| {row['label']} | {row['model']} | {row['runs']} | "
-                  f"{row['mean']:.2f} ± {row['std']:.2f} |")
+                  f"{format_mean_std(row['mean'], row['std'])} |")
     if args.out:
         with open(args.out, 'w') as f:
             json.dump(dict(probe=args.probe, rows=rows, summary=summary), f,
@@ -106,7 +119,6 @@ def main():
 def summarise(rows):
     """Mean ± std per label and generation when a label names several
     chains (seeds of one setting); [] otherwise."""
-    import statistics
     groups = {}
     for row in rows:
         label, _, model = row['model'].rpartition(' ')
@@ -114,10 +126,12 @@ def summarise(rows):
             groups.setdefault((label, model), []).append(row['probe_top1'])
     if all(len(v) < 2 for v in groups.values()):
         return []
-    return [dict(label=label, model=model, runs=len(v),
-                 mean=statistics.fmean(v),
-                 std=statistics.stdev(v) if len(v) > 1 else 0.0)
-            for (label, model), v in groups.items()]
+    summary = []
+    for (label, model), v in groups.items():
+        mean, std = mean_std(v)
+        summary.append(dict(label=label, model=model, runs=len(v), mean=mean,
+                            std=std))
+    return summary
 
 
 if __name__ == '__main__':

@@ -8,10 +8,10 @@ Reads each work_dir's generations.json; writes one PNG (top-1 and ensemble
 per generation) and, with --table, a Markdown table with a column per chain.
 """
 import argparse
-import json
-import os.path as osp
 
-from mmtolerant.evaluation.generation_report import REPORT_JSON, plot_chains
+from mmtolerant.evaluation.chain_results import (chain_labels,
+                                                 load_chain_report)
+from mmtolerant.evaluation.generation_report import plot_chains
 
 
 def main():
@@ -22,20 +22,15 @@ def main():
     parser.add_argument('--table', help='also write a Markdown table here')
     parser.add_argument('--title', default=None)
     args = parser.parse_args()
-    labels = args.labels or [
-        osp.basename(osp.normpath(d)) for d in args.work_dirs
-    ]
-    if len(labels) != len(args.work_dirs):
-        raise SystemExit(f'{len(args.work_dirs)} work_dirs but '
-                         f'{len(labels)} labels')
-    chains = {}
-    for label, work_dir in zip(labels, args.work_dirs):
-        path = osp.join(work_dir, REPORT_JSON)
-        if not osp.isfile(path):
-            raise SystemExit(f'{path} does not exist: is {work_dir} a chain '
-                             'work_dir with a finished generation?')
-        with open(path) as f:
-            chains[label] = json.load(f)
+    try:
+        labels = chain_labels(args.work_dirs, args.labels)
+    except ValueError as e:
+        parser.error(str(e))
+    try:
+        chains = {label: load_chain_report(work_dir)
+                  for label, work_dir in zip(labels, args.work_dirs)}
+    except FileNotFoundError as e:
+        raise SystemExit(e)
     plot_chains(chains, args.out, args.title)
     print(f'wrote {args.out}')
     if args.table:

@@ -20,23 +20,13 @@ import json
 import os
 import os.path as osp
 
-import numpy as np
-
-from mmtolerant.evaluation.generation_report import (PREDICTIONS,
-                                                     generation_paths,
-                                                     load_predictions,
-                                                     topk_accuracy)
+from mmtolerant.evaluation.chain_results import (chain_labels,
+                                                 load_chain_predictions)
+from mmtolerant.evaluation.generation_report import topk_accuracy
+from mmtolerant.evaluation.mean_std import mean_std
 from mmtolerant.evaluation.secondary_info import (load_groups,
                                                   secondary_info,
                                                   secondary_info_table)
-
-
-def chain_predictions(work_dir):
-    found = generation_paths(work_dir, PREDICTIONS)
-    if not found:
-        raise SystemExit(f'{work_dir}: no gen_<m>/{PREDICTIONS}; is it a '
-                         'chain work_dir with a finished generation?')
-    return [(m, load_predictions(p)) for m, p in found]
 
 
 def checkpoint_predictions(config, checkpoints):
@@ -88,6 +78,34 @@ def plot(rows_by_chain, path, has_groups):
     plt.close(fig)
 
 
+def averaged_rows(label, chains, k, groups, checkpoints):
+    """A row per generation (or checkpoint) index: top-1 and the
+    secondary information, averaged over the label's chains (with the std
+    of top-1 and group_lift when there are several)."""
+    per_index = {}
+    for preds in chains:
+        for index, (scores, y) in preds:
+            per_index.setdefault(index, []).append(dict(
+                top1=topk_accuracy(scores, y, 1),
+                **secondary_info(scores, k, groups)))
+    rows = []
+    for index, stats in sorted(per_index.items()):
+        name = (f'{label} M{index}' if label != 'checkpoints' else
+                osp.basename(checkpoints[index]))
+        if len(chains) > 1:
+            name += f' (mean of {len(stats)})'
+        row = dict(name=name, source=label, index=index, chains=len(stats))
+        for key, value in stats[0].items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                row[key] = value
+                continue
+            row[key], std = mean_std([s[key] for s in stats])
+            if key in ('top1', 'group_lift') and len(stats) > 1:
+                row[f'{key}_std'] = std
+        rows.append(row)
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('work_dirs', nargs='*', help='chain work_dirs')
@@ -106,45 +124,26 @@ def main():
         parser.error('--checkpoints needs --config')
     groups = load_groups(args.groups) if args.groups else None
 
+    try:
+        labels = chain_labels(args.work_dirs, args.labels)
+    except ValueError as e:
+        parser.error(str(e))
     sources = {}  # label -> one list of (index, (scores, labels)) per chain
-    labels = args.labels or [
-        osp.basename(osp.normpath(d)) for d in args.work_dirs
-    ]
-    if len(labels) != len(args.work_dirs):
-        parser.error(f'{len(args.work_dirs)} work_dirs but {len(labels)} '
-                     'labels')
-    for label, work_dir in zip(labels, args.work_dirs):
-        sources.setdefault(label, []).append(chain_predictions(work_dir))
+    try:
+        for label, work_dir in zip(labels, args.work_dirs):
+            sources.setdefault(label, []).append(
+                load_chain_predictions(work_dir))
+    except FileNotFoundError as e:
+        raise SystemExit(e)
     if args.checkpoints:
         sources['checkpoints'] = [checkpoint_predictions(
             args.config, args.checkpoints)]
 
-    rows_by_chain, all_rows = {}, []
-    for label, chains in sources.items():
-        per_index = {}
-        for preds in chains:
-            for index, (scores, y) in preds:
-                per_index.setdefault(index, []).append(dict(
-                    top1=topk_accuracy(scores, y, 1),
-                    **secondary_info(scores, args.k, groups)))
-        rows = []
-        for index, stats in sorted(per_index.items()):
-            name = (f'{label} M{index}' if label != 'checkpoints' else
-                    osp.basename(args.checkpoints[index]))
-            if len(chains) > 1:
-                name += f' (mean of {len(stats)})'
-            row = dict(name=name, source=label, index=index,
-                       chains=len(stats))
-            for key, value in stats[0].items():
-                values = [s[key] for s in stats]
-                row[key] = (float(np.mean(values)) if isinstance(
-                    value, (int, float)) and not isinstance(value, bool)
-                            else value)
-                if key in ('top1', 'group_lift') and len(stats) > 1:
-                    row[f'{key}_std'] = float(np.std(values, ddof=1))
-            rows.append(row)
-        rows_by_chain[label] = rows
-        all_rows += rows
+    rows_by_chain = {
+        label: averaged_rows(label, chains, args.k, groups, args.checkpoints)
+        for label, chains in sources.items()
+    }
+    all_rows = [row for rows in rows_by_chain.values() for row in rows]
     os.makedirs(args.out_dir, exist_ok=True)
     table = secondary_info_table(all_rows, groups is not None)
     print(table)

@@ -35,11 +35,14 @@ import itertools
 import json
 import os
 import os.path as osp
-import statistics
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+
+from mmtolerant.evaluation.chain_results import load_chain_report
+from mmtolerant.evaluation.mean_std import format_mean_std, mean_std
+from mmtolerant.utils.chain_layout import CHAIN_FILE
 
 TOOLS = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -107,23 +110,41 @@ def summarise(records):
         generations=len(records))
 
 
-def mean_std(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    return (statistics.fmean(values),
-            statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def cell(values, digits=2):
-    m, s = mean_std(values)
-    return '—' if m is None else f'{m:.{digits}f} ± {s:.{digits}f}'
+    return format_mean_std(*mean_std(values), digits)
 
+
+SUMMARY_KEYS = ('m0_top1', 'm0_mean_top1_prob', 'm0_train_top1',
+                'final_top1', 'best_student_top1', 'final_ensemble_top1')
 
 GEN_KEYS = (('top1', 'top-1', 2), ('ensemble_top1', 'ensemble M1..Mm', 2),
             ('mean_top1_prob', 'mean top-1 prob', 3),
             ('train_top1', 'train top-1', 2),
             ('train_mean_top1_prob', 'train mean top-1 prob', 3))
+
+
+def aggregate(settings, rows):
+    """Per setting, mean ± std over seeds of the run summaries; and the
+    sweep.md table."""
+    table = ['| setting | seeds | M0 top-1 | M0 mean top-1 prob | M0 train '
+             'top-1 | final top-1 | best student top-1 | final ensemble |',
+             '|' + ' --- |' * 8]
+    aggregated = []
+    for setting, (config, combo) in settings.items():
+        mine = [r for r in rows if r['name'] == setting]
+        if not mine:
+            continue
+        agg = dict(name=setting, config=config, setting=dict(combo),
+                   seeds=[r['seed'] for r in mine])
+        cells = []
+        for key in SUMMARY_KEYS:
+            values = [r[key] for r in mine]
+            agg[key], agg[f'{key}_std'] = mean_std(values)
+            cells.append(cell(values, 4 if 'prob' in key else 2))
+        aggregated.append(agg)
+        table.append(f'| {setting} | {len(mine)} | ' + ' | '.join(cells) +
+                     ' |')
+    return aggregated, table
 
 
 def per_generation(settings, chains, seeds, baseline):
@@ -147,23 +168,8 @@ def per_generation(settings, chains, seeds, baseline):
                   '|' + ' --- |' * len(header)]
         rows = []
         for m in range(max(len(rs) for rs in mine.values())):
-            recs = {s: rs[m] for s, rs in mine.items() if len(rs) > m}
-            row = dict(generation=m, n=len(recs))
-            cells = [f'M{m}', str(len(recs))]
-            for key, _, digits in show:
-                values = [r.get(key) for r in recs.values()]
-                row[key] = list(mean_std(values))
-                cells.append(cell(values, digits))
-            if paired:
-                for key in ('top1', 'ensemble_top1'):
-                    diffs = [r[key] - base[s][m][key]
-                             for s, r in recs.items()
-                             if s in base and len(base[s]) > m]
-                    row[f'{key}_minus_baseline'] = list(mean_std(diffs))
-                    row[f'{key}_wins'] = sum(d > 0 for d in diffs)
-                    cells.append(
-                        cell(diffs) + f' ({sum(d > 0 for d in diffs)}/'
-                        f'{len(diffs)} above)' if diffs else '—')
+            row, cells = generation_row(m, mine, show,
+                                        base if paired else None)
             rows.append(row)
             lines.append('| ' + ' | '.join(cells) + ' |')
         lines.append('')
@@ -171,7 +177,29 @@ def per_generation(settings, chains, seeds, baseline):
     return out, lines
 
 
-def main():
+def generation_row(m, chains, show, base=None):
+    """Generation m of one setting over its seeds' chains: its JSON row and
+    table cells; with ``base`` (the baseline's chains by seed), the paired
+    differences to it."""
+    recs = {s: rs[m] for s, rs in chains.items() if len(rs) > m}
+    row = dict(generation=m, n=len(recs))
+    cells = [f'M{m}', str(len(recs))]
+    for key, _, digits in show:
+        values = [r.get(key) for r in recs.values()]
+        row[key] = list(mean_std(values))
+        cells.append(cell(values, digits))
+    for key in ('top1', 'ensemble_top1') if base else ():
+        diffs = [r[key] - base[s][m][key] for s, r in recs.items()
+                 if s in base and len(base[s]) > m]
+        row[f'{key}_minus_baseline'] = list(mean_std(diffs))
+        row[f'{key}_wins'] = sum(d > 0 for d in diffs)
+        cells.append(
+            cell(diffs) + f' ({sum(d > 0 for d in diffs)}/'
+            f'{len(diffs)} above)' if diffs else '—')
+    return row, cells
+
+
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('configs', nargs='+', help='chain configs')
     parser.add_argument('--grid', nargs='+', default=[],
@@ -187,7 +215,12 @@ def main():
     parser.add_argument('--gpus', type=int, default=0)
     parser.add_argument('--dry-run', action='store_true',
                         help='list the runs and stop')
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def plan(args):
+    """The grid, the settings ``{name: (config, combo)}`` (configs x grid
+    values) and the runs ``[(setting, seed)]`` (settings x seeds)."""
     for config in args.configs:
         if not osp.isfile(config):
             raise SystemExit(f'config {config!r} does not exist')
@@ -206,74 +239,71 @@ def main():
         raise SystemExit(f'--baseline {args.baseline!r} is not one of the '
                          f'settings {list(settings)}')
     runs = [(name, seed) for name in settings for seed in args.seeds]
-    os.makedirs(args.work_dir, exist_ok=True)
-    print(f'{len(runs)} chains ({len(settings)} settings x '
-          f'{len(args.seeds)} seeds) in {args.work_dir}')
-    if args.dry_run:
-        for name, seed in runs:
-            print('  ', run_name(name, seed))
-        return
+    return grid, settings, runs
 
-    def one(run):
-        setting, seed = run
-        config, combo = settings[setting]
-        name = run_name(setting, seed)
-        wd = osp.join(args.work_dir, name)
-        report = osp.join(wd, 'generations.json')
-        done = osp.isfile(report) and osp.isfile(osp.join(wd, 'chain.json'))
-        if done:
-            with open(osp.join(wd, 'chain.json')) as f:
-                want = json.load(f)['num_generations'] + 1
-            with open(report) as f:
-                done = len(json.load(f)) == want
-        if done:
-            print(f'  {name}: finished earlier', flush=True)
-            return name, 0
-        start = time.time()
-        code = launch(config, combo, seed, wd, args,
-                      osp.join(args.work_dir, f'{name}.log'))
-        print(f'  {name}: {"done" if code == 0 else f"FAILED ({code})"} in '
-              f'{time.time() - start:.0f} s', flush=True)
-        return name, code
 
+def is_finished(work_dir):
+    """Whether the run's report has every generation its chain.json
+    asks for."""
+    chain_file = osp.join(work_dir, CHAIN_FILE)
+    if not osp.isfile(chain_file):
+        return False
+    try:
+        records = load_chain_report(work_dir)
+    except FileNotFoundError:
+        return False
+    with open(chain_file) as f:
+        return len(records) == json.load(f)['num_generations'] + 1
+
+
+def run_one(run, settings, args):
+    """Launch one chain, or skip it when it finished earlier; returns its
+    name and exit code."""
+    setting, seed = run
+    config, combo = settings[setting]
+    name = run_name(setting, seed)
+    work_dir = osp.join(args.work_dir, name)
+    if is_finished(work_dir):
+        print(f'  {name}: finished earlier', flush=True)
+        return name, 0
+    start = time.time()
+    code = launch(config, combo, seed, work_dir, args,
+                  osp.join(args.work_dir, f'{name}.log'))
+    print(f'  {name}: {"done" if code == 0 else f"FAILED ({code})"} in '
+          f'{time.time() - start:.0f} s', flush=True)
+    return name, code
+
+
+def run_all(args, settings, runs):
+    """Every run, ``--parallel`` at a time; the names of those that
+    failed."""
     with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
-        results = list(pool.map(one, runs))
-    failed = [name for name, code in results if code]
+        results = list(pool.map(lambda run: run_one(run, settings, args),
+                                runs))
+    return [name for name, code in results if code]
 
+
+def collect(work_dir, settings, runs):
+    """The records of every run that has a report, ``{(setting, seed):
+    records}``, and a summary row per run."""
     rows, chains = [], {}
     for setting, seed in runs:
-        report = osp.join(args.work_dir, run_name(setting, seed),
-                          'generations.json')
-        if not osp.isfile(report):
+        try:
+            records = load_chain_report(
+                osp.join(work_dir, run_name(setting, seed)))
+        except FileNotFoundError:
             continue
-        with open(report) as f:
-            records = json.load(f)
         chains[(setting, seed)] = records
         config, combo = settings[setting]
         rows.append(dict(name=setting, config=config, setting=dict(combo),
                          seed=seed, **summarise(records)))
-    summary_keys = ('m0_top1', 'm0_mean_top1_prob', 'm0_train_top1',
-                    'final_top1', 'best_student_top1', 'final_ensemble_top1')
-    table = ['| setting | seeds | M0 top-1 | M0 mean top-1 prob | M0 train '
-             'top-1 | final top-1 | best student top-1 | final ensemble |',
-             '|' + ' --- |' * 8]
-    aggregated = []
-    for setting, (config, combo) in settings.items():
-        mine = [r for r in rows if r['name'] == setting]
-        if not mine:
-            continue
-        agg = dict(name=setting, config=config, setting=dict(combo),
-                   seeds=[r['seed'] for r in mine])
-        cells = []
-        for key in summary_keys:
-            m, s = mean_std([r[key] for r in mine])
-            agg[key] = m
-            agg[f'{key}_std'] = s
-            cells.append(cell([r[key] for r in mine],
-                              4 if 'prob' in key else 2))
-        aggregated.append(agg)
-        table.append(f'| {setting} | {len(mine)} | ' + ' | '.join(cells) +
-                     ' |')
+    return rows, chains
+
+
+def write(args, grid, settings, rows, chains):
+    """sweep.json/.md/.png and generations.md, sweep_generations.png; the
+    tables are printed too."""
+    aggregated, table = aggregate(settings, rows)
     generations, gen_lines = per_generation(list(settings), chains,
                                             args.seeds, args.baseline)
     with open(osp.join(args.work_dir, 'sweep.json'), 'w') as f:
@@ -295,6 +325,21 @@ def main():
     if generations:
         plot_generations(generations,
                          osp.join(args.work_dir, 'sweep_generations.png'))
+
+
+def main():
+    args = parse_args()
+    grid, settings, runs = plan(args)
+    os.makedirs(args.work_dir, exist_ok=True)
+    print(f'{len(runs)} chains ({len(settings)} settings x '
+          f'{len(args.seeds)} seeds) in {args.work_dir}')
+    if args.dry_run:
+        for name, seed in runs:
+            print('  ', run_name(name, seed))
+        return
+    failed = run_all(args, settings, runs)
+    rows, chains = collect(args.work_dir, settings, runs)
+    write(args, grid, settings, rows, chains)
     if failed:
         raise SystemExit(f'{len(failed)} chains failed: {failed} (see their '
                          'logs; rerun the same command to resume)')
