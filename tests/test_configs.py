@@ -211,6 +211,7 @@ def _write_fake_cifar100(root, n_train=64, n_test=32, seed=0):
                     f)
 
 
+@pytest.mark.slow
 def test_cifar100_configs_train_on_a_synthetic_set_in_cifar_format(
         tmp_path, monkeypatch):
     # The real files are checked against their md5 sums; the synthetic ones

@@ -58,6 +58,7 @@ def test_resume_into_a_work_dir_of_another_config_is_refused(chain, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in copy.rglob('*.pth')} == stamps
 
 
+@pytest.mark.slow
 def test_generations_not_started_may_change_on_resume(chain, tmp_path):
     """M0 finished, M1 and M2 not started (say the user removed a setting
     that failed in M1 before its first checkpoint): the resume keeps M0 and

@@ -109,6 +109,7 @@ def test_test_predictions_come_from_the_final_validation_pass(chain):
             np.testing.assert_array_equal(d['labels'], labels.numpy())
 
 
+@pytest.mark.slow
 def test_a_test_set_other_than_the_validation_set_is_predicted(tmp_path):
     cfg = chain_cfg(tmp_path, **{
         'generations.num_generations': 1,
@@ -125,6 +126,7 @@ def test_a_test_set_other_than_the_validation_set_is_predicted(tmp_path):
             d["labels"], held_out.get_gt_labels())
 
 
+@pytest.mark.slow
 def test_report_train_and_a_plugin_backbone_chain(tmp_path):
     """report_train's training-set numbers equal the exported model's own
     predictions on the training split; a model made of the plugin's own
@@ -197,6 +199,7 @@ def test_missing_generations_section_is_refused(tmp_path):
         GenerationRunner.from_cfg(cfg)
 
 
+@pytest.mark.slow
 def test_overrides_and_hand_on_best(tmp_path):
     cfg = chain_cfg(
         tmp_path, **{
@@ -245,6 +248,7 @@ def test_teacher_options_reach_every_student_and_only_students(tmp_path):
         assert student.model.teacher_channels_last is False
 
 
+@pytest.mark.slow
 def test_an_ema_validation_is_not_taken_for_the_exported_models(tmp_path):
     """EMAHook validates its averaged weights but the chain hands on the
     trained ones: the test set is predicted again, by the exported model."""

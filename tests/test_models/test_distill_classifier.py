@@ -304,6 +304,7 @@ def test_teacher_autocast_runs_the_teacher_in_bf16_close_to_float32(
         MODELS.build(cfg.model)
 
 
+@pytest.mark.slow
 def test_teacher_compile_gives_the_eager_teachers_targets(digits_teacher,
                                                           tmp_path):
     """torch.compile with inductor freezing: the training loss sees the
@@ -319,7 +320,7 @@ def test_teacher_compile_gives_the_eager_teachers_targets(digits_teacher,
     data = eager.data_preprocessor(digits_batch(), training=False)
     t_eager = eager.teacher_logits(data['inputs'])
     t_compiled = compiled.teacher_logits(data['inputs'], compiled=True)
-    assert compiled._compiled_teacher is not None
+    assert compiled.frozen_teacher._compiled is not None
     assert t_compiled.dtype == torch.float32 and not t_compiled.is_inference()
     torch.testing.assert_close(t_compiled, t_eager, rtol=1e-4, atol=1e-5)
     kd_eager = eager.loss(data['inputs'], data['data_samples'])['loss_kd']
@@ -365,10 +366,9 @@ def test_a_channels_last_teacher_gives_the_same_targets(digits_teacher,
     torch.testing.assert_close(nhwc.teacher_logits(data['inputs']),
                                eager.teacher_logits(data['inputs']),
                                rtol=1e-5, atol=1e-5)
-    assert nhwc._channels_last  # a ResNet runs in channels-last
+    assert nhwc.frozen_teacher.runs_channels_last  # a ResNet does
     # The export is a stock ImageClassifier config.
-    from mmtolerant.models.classifiers.distill_classifier import \
-        plain_classifier_cfg
+    from mmtolerant.models.classifiers import plain_classifier_cfg
     assert 'teacher_channels_last' not in plain_classifier_cfg(cfg.model)
     cfg.model.teacher_channels_last = 1
     with pytest.raises(ValueError, match='teacher_channels_last must be '
@@ -397,12 +397,12 @@ def test_a_teacher_that_views_its_feature_map_falls_back_to_nchw(tmp_path):
     auto = MODELS.build(student).eval()
     assert is_channels_last(layout_telling_convs(auto.teacher))
     torch.testing.assert_close(auto.teacher_logits(x), expected)
-    assert not auto._channels_last and not is_channels_last(
-        layout_telling_convs(auto.teacher))
+    assert not auto.frozen_teacher.runs_channels_last
+    assert not is_channels_last(layout_telling_convs(auto.teacher))
     torch.testing.assert_close(auto.teacher_logits(x), expected)
     # Module.to(memory_format=channels_last) refuses 5-D weights; the
     # teacher's layout leaves them alone.
-    from mmtolerant.models.classifiers.distill_classifier import _set_layout
+    from mmtolerant.models.classifiers.frozen_teacher import _set_layout
     mixed = torch.nn.Sequential(torch.nn.Conv3d(2, 2, 1),
                                 torch.nn.Conv2d(2, 2, 3))
     _set_layout(mixed, torch.channels_last)

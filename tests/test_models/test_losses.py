@@ -144,9 +144,10 @@ def to_np(t):
     return t.detach().double().numpy()
 
 
-def assert_close(actual, expected, rtol=RTOL, atol=ATOL):
+def assert_close(actual, expected, rtol=RTOL, atol=ATOL, err_msg=''):
     np.testing.assert_allclose(
-        to_np(actual), np.asarray(expected), rtol=rtol, atol=atol)
+        to_np(actual), np.asarray(expected), rtol=rtol, atol=atol,
+        err_msg=err_msg)
 
 
 # Loss factories keyed by name: (builder, numpy per-sample reference). The
@@ -202,30 +203,33 @@ def test_registry_built_tsd_loss_matches_reference():
 # --------------------------------------------------------------------------
 # 1. values against the references
 # --------------------------------------------------------------------------
-@pytest.mark.parametrize('shape', SHAPES)
-@pytest.mark.parametrize('label_kind', LABEL_KINDS)
+def each_shape_and_label_kind():
+    """Logits and labels of every shape in SHAPES and every label kind,
+    with a name for assertion messages."""
+    for n, c in SHAPES:
+        for label_kind in LABEL_KINDS:
+            yield (f'{n}x{c} {label_kind}', make_logits(n, c),
+                   make_label(label_kind, n, c))
+
+
 @pytest.mark.parametrize('eta', [0.0, 0.3, 1.0])
 @pytest.mark.parametrize('k', [2, 3])
-def test_tsd_loss_matches_reference_for_all_label_kinds(
-        shape, label_kind, eta, k):
-    n, c = shape
-    x, y = make_logits(n, c), make_label(label_kind, n, c)
-    loss = TSDLoss(eta=eta, k=k)(x, y)
-    assert loss.shape == ()
-    assert_close(loss, np_tsd_loss(to_np(x), y.numpy(), eta, k).mean())
+def test_tsd_loss_matches_reference_for_all_label_kinds(eta, k):
+    for case, x, y in each_shape_and_label_kind():
+        loss = TSDLoss(eta=eta, k=k)(x, y)
+        assert loss.shape == (), case
+        assert_close(loss, np_tsd_loss(to_np(x), y.numpy(), eta, k).mean(),
+                     err_msg=case)
 
 
-@pytest.mark.parametrize('shape', SHAPES)
-@pytest.mark.parametrize('label_kind', LABEL_KINDS)
 @pytest.mark.parametrize('beta', [0.0, 0.25, 2.0])
-def test_confidence_penalty_matches_reference_for_all_label_kinds(
-        shape, label_kind, beta):
-    n, c = shape
-    x, y = make_logits(n, c), make_label(label_kind, n, c)
-    loss = ConfidencePenaltyLoss(beta=beta)(x, y)
-    assert loss.shape == ()
-    assert_close(loss,
-                 np_confidence_penalty_loss(to_np(x), y.numpy(), beta).mean())
+def test_confidence_penalty_matches_reference_for_all_label_kinds(beta):
+    for case, x, y in each_shape_and_label_kind():
+        loss = ConfidencePenaltyLoss(beta=beta)(x, y)
+        assert loss.shape == (), case
+        assert_close(
+            loss, np_confidence_penalty_loss(to_np(x), y.numpy(),
+                                             beta).mean(), err_msg=case)
 
 
 @pytest.mark.parametrize('shape', SHAPES)
@@ -668,6 +672,10 @@ LABEL_LOSSES = [
     lambda: TSDLoss(eta=0.5, k=2),
     lambda: ConfidencePenaltyLoss(beta=0.1),
 ]
+WEIGHTED_LABEL_LOSSES = [
+    lambda: TSDLoss(eta=0.5, k=2, class_weight=[1.0] * 10),
+    lambda: ConfidencePenaltyLoss(beta=0.1, class_weight=[1.0] * 10),
+]
 
 
 @pytest.mark.parametrize('make_loss', LABEL_LOSSES)
@@ -686,9 +694,10 @@ def test_soft_target_shape_must_match_logits(make_loss, label_shape):
         make_loss()(x, y)
 
 
-@pytest.mark.parametrize('make_loss', LABEL_LOSSES)
-@pytest.mark.parametrize('bad', [10, 11, -1])
+@pytest.mark.parametrize('make_loss', LABEL_LOSSES + WEIGHTED_LABEL_LOSSES)
+@pytest.mark.parametrize('bad', [10, 11, -1, -100])
 def test_out_of_range_label_is_rejected(make_loss, bad):
+    """-100 too: torch's cross-entropy would skip it by default."""
     x = make_logits(4, 10)
     y = torch.tensor([0, 9, bad, 3])
     with pytest.raises(ValueError, match=rf'label {bad}\b'):

@@ -99,6 +99,7 @@ def test_teacher_cache_refuses_what_it_cannot_replay(digits_teacher,
         build(digits_teacher, tmp_path, **options)
 
 
+@pytest.mark.slow
 def test_cached_training_equals_live_training_bit_for_bit(digits_teacher,
                                                           tmp_path):
     """Two epochs with the real Runner: the second replays the cache (no
@@ -125,6 +126,7 @@ def test_cached_training_equals_live_training_bit_for_bit(digits_teacher,
         assert torch.equal(live[k], cached[k]), k
 
 
+@pytest.mark.slow
 def test_chain_with_teacher_cache_equals_the_chain_without(tmp_path):
     """generations.teacher_cache: each student runs its teacher only in its
     first epoch, once per sample, and the chain ends with the same weights
@@ -156,6 +158,7 @@ def test_chain_with_teacher_cache_equals_the_chain_without(tmp_path):
         assert_same_weights(exported['cached', m], exported['live', m])
 
 
+@pytest.mark.slow
 def test_a_resumed_cached_run_equals_an_uninterrupted_one(digits_teacher,
                                                           tmp_path):
     """Killed after epoch 1 and resumed: the empty cache is filled again
@@ -276,6 +279,7 @@ def test_view_sampler_is_the_default_sampler_with_view_epoch_mod_views():
         AugmentationViewSampler(views.dataset, views=2)
 
 
+@pytest.mark.slow
 def test_views_cached_training_equals_live_training_bit_for_bit(
         digits_teacher, tmp_path):
     """A random pipeline, 2 views, 4 epochs with the real Runner: the teacher
@@ -409,6 +413,7 @@ def test_views_need_the_wrapped_dataset(digits_teacher, tmp_path):
               **{'model.teacher_cache': dict(views=0)})
 
 
+@pytest.mark.slow
 def test_chain_with_views_replays_each_students_teacher(tmp_path):
     """generations.teacher_cache.views: the students train on the views
     (their teacher runs in the first `views` epochs only); the patriarch on

@@ -38,7 +38,8 @@ def checkpoint_predictions(config, checkpoints):
     import mmtolerant  # noqa: F401
     from mmtolerant.evaluation.generation_report import predict_scores
     from mmtolerant.utils import extract_state_dict, safe_torch_load
-    from mmtolerant.utils.export import plain_model_cfg
+    from mmtolerant.models.classifiers.plain_classifier import \
+        plain_model_cfg
     cfg = Config.fromfile(config)
     loader_cfg = cfg.get('test_dataloader') or cfg.val_dataloader
     loader_cfg.sampler = dict(type='DefaultSampler', shuffle=False)

@@ -5,7 +5,7 @@ from mmengine.dist import master_only
 from mmengine.hooks import Hook
 from mmpretrain.registry import HOOKS
 
-from mmtolerant.utils.export import export_plain_model
+from mmtolerant.models.classifiers.plain_classifier import export_plain_model
 
 
 @HOOKS.register_module()

@@ -17,7 +17,7 @@ from mmtolerant.evaluation.generation_report import (
 from mmtolerant.utils.chain_layout import (GENERATION_FILE, PREDICTIONS,
                                            ChainLayout)
 from mmtolerant.utils.distributed import agree, use_rank0_buffers
-from mmtolerant.utils.export import export_plain_model
+from mmtolerant.models.classifiers.plain_classifier import export_plain_model
 from mmtolerant.utils.fileio import atomic_write_text
 from mmtolerant.utils.model import bare_model
 from .final_val_predictions import FinalValPredictions

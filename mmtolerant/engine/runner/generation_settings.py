@@ -134,23 +134,7 @@ class GenerationSettings:
         if isinstance(self.lam, bool) or not isinstance(
                 self.lam, numbers.Real) or not 0 <= self.lam <= 1:
             _fail(f'lam must be a number in [0, 1], got {self.lam!r}')
-        if not isinstance(self.overrides, dict):
-            _fail(f'overrides must be a dict {{generation: {{key: value}}}}, '
-                  f'got {self.overrides!r}')
-        overrides = {}
-        for gen, options in self.overrides.items():
-            try:
-                index = int(gen)
-            except (TypeError, ValueError):
-                index = -1
-            if not 0 <= index <= self.num_generations:
-                _fail(f'overrides names generation {gen!r}, but the chain '
-                      f'has generations 0..{self.num_generations}')
-            if not isinstance(options, dict):
-                _fail(f'overrides[{gen!r}] must be a dict of dotted config '
-                      f'keys, got {options!r}')
-            overrides[index] = dict(options)
-        self.overrides = overrides
+        self.overrides = self._checked_overrides()
         if self.report_k is None:
             k = self.teacher_loss.get('k')
             self.report_k = int(k) if isinstance(k, numbers.Integral) else 3
@@ -167,6 +151,26 @@ class GenerationSettings:
         if not isinstance(self.report_train, bool):
             _fail(f'report_train must be True or False, got '
                   f'{self.report_train!r}')
+
+    def _checked_overrides(self) -> Dict[int, Dict[str, Any]]:
+        """``overrides`` keyed by int generation, each a dict of keys."""
+        if not isinstance(self.overrides, dict):
+            _fail(f'overrides must be a dict {{generation: {{key: value}}}}, '
+                  f'got {self.overrides!r}')
+        overrides = {}
+        for gen, options in self.overrides.items():
+            try:
+                index = int(gen)
+            except (TypeError, ValueError):
+                index = -1
+            if not 0 <= index <= self.num_generations:
+                _fail(f'overrides names generation {gen!r}, but the chain '
+                      f'has generations 0..{self.num_generations}')
+            if not isinstance(options, dict):
+                _fail(f'overrides[{gen!r}] must be a dict of dotted config '
+                      f'keys, got {options!r}')
+            overrides[index] = dict(options)
+        return overrides
 
     def is_tolerant(self, generation: int) -> bool:
         """Whether generation ``generation`` trains with ``teacher_loss``."""

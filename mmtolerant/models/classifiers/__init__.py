@@ -1,7 +1,8 @@
-from .distill_classifier import (DistillImageClassifier, build_frozen_teacher,
-                                 check_teacher_options, plain_classifier_cfg)
+from .distill_classifier import DistillImageClassifier
+from .frozen_teacher import FrozenTeacher, check_teacher_options
+from .plain_classifier import export_plain_model, plain_classifier_cfg
 
 __all__ = [
-    'DistillImageClassifier', 'build_frozen_teacher', 'check_teacher_options',
-    'plain_classifier_cfg'
+    'DistillImageClassifier', 'FrozenTeacher', 'check_teacher_options',
+    'export_plain_model', 'plain_classifier_cfg'
 ]

@@ -74,11 +74,16 @@ class TeacherOutputCache:
         self.filled = torch.zeros(0, dtype=torch.bool)
         self.hits = 0  # batches replayed
         self.misses = 0  # batches the teacher ran on
-        self.computed = 0  # entries the teacher filled (all ranks)
         self._reserved = 0
 
     def __len__(self) -> int:
         return int(self.filled.sum())
+
+    @property
+    def computed(self) -> int:
+        """Entries the teacher filled, on all ranks (an entry is filled
+        once: the cache only grows)."""
+        return len(self)
 
     @property
     def nbytes(self) -> int:
@@ -144,17 +149,20 @@ class TeacherOutputCache:
                 "sampled by dict(type='AugmentationViewSampler', "
                 f'views={self.views}) (a chain with '
                 'generations.teacher_cache.views sets both up itself)')
-        views = torch.as_tensor(views, dtype=torch.long)
-        if int(views.max()) >= self.views:
+        if max(views) >= self.views:
             raise ValueError(
-                f'a training sample is augmentation view {int(views.max())} '
+                f'a training sample is augmentation view {max(views)} '
                 f'but teacher_cache.views={self.views}: the sampler\'s views '
                 'must equal the cache\'s')
-        return index * self.views + views
+        return index * self.views + torch.as_tensor(views, dtype=torch.long)
 
     def _missing(self, index: torch.Tensor) -> bool:
-        return self.logits is None or int(index.max()) >= len(self.filled) \
-            or not bool(self.filled[index].all())
+        if self.logits is None:
+            return True
+        # One read of the flags: a key beyond them is not cached either.
+        last = len(self.filled) - 1
+        cached = (index <= last) & self.filled[index.clamp(max=last)]
+        return not bool(cached.all())
 
     def lookup(self, index: torch.Tensor,
                inputs: torch.Tensor) -> Optional[torch.Tensor]:
@@ -195,7 +203,6 @@ class TeacherOutputCache:
 
     def _put(self, index, prints, logits) -> None:
         self._grow(int(index.max()) + 1, logits.shape[1])
-        self.computed += int((~self.filled[index.unique()]).sum())
         self.logits[index] = logits.detach().to('cpu', self.dtype)
         self.prints[index] = prints.cpu()
         self.filled[index] = True

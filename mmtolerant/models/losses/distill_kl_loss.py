@@ -1,13 +1,9 @@
-from typing import Optional
-
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
-from mmpretrain.models.losses.utils import weight_reduce_loss
 from mmpretrain.registry import MODELS
 
-from .utils import (check_logits, check_positive, check_reduction,
-                    check_weight)
+from .per_sample_loss import PerSampleLoss
+from .utils import check_logits, check_positive
 
 
 def distill_kl_divergence(student_logits: torch.Tensor,
@@ -28,7 +24,7 @@ def distill_kl_divergence(student_logits: torch.Tensor,
 
 
 @MODELS.register_module()
-class DistillKLLoss(nn.Module):
+class DistillKLLoss(PerSampleLoss):
     r"""Knowledge-distillation loss from a frozen teacher.
 
     .. math::
@@ -55,20 +51,18 @@ class DistillKLLoss(nn.Module):
                  tau: float = 1.0,
                  loss_weight: float = 1.0,
                  reduction: str = 'mean'):
-        super().__init__()
-        self.tau = check_positive('DistillKLLoss', 'tau', tau)
-        self.reduction = check_reduction('DistillKLLoss', reduction)
-        self.loss_weight = float(loss_weight)
+        tau = check_positive('DistillKLLoss', 'tau', tau)
+        super().__init__(loss_weight, reduction)
+        self.tau = tau
 
-    def forward(self,
-                student_logits: torch.Tensor,
-                teacher_logits: torch.Tensor,
-                weight: Optional[torch.Tensor] = None,
-                avg_factor: Optional[float] = None,
-                reduction_override: Optional[str] = None,
-                **kwargs) -> torch.Tensor:
-        reduction = check_reduction(
-            'DistillKLLoss', reduction_override or self.reduction)
+    def forward(self, student_logits: torch.Tensor,
+                teacher_logits: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """:meth:`PerSampleLoss.forward`, with the logits' names."""
+        return super().forward(student_logits, teacher_logits, *args,
+                               **kwargs)
+
+    def per_sample(self, student_logits: torch.Tensor,
+                   teacher_logits: torch.Tensor) -> torch.Tensor:
         check_logits('DistillKLLoss', student_logits, 'student_logits')
         check_logits('DistillKLLoss', teacher_logits, 'teacher_logits')
         if student_logits.shape != teacher_logits.shape:
@@ -76,13 +70,8 @@ class DistillKLLoss(nn.Module):
                 'DistillKLLoss: student and teacher logits must have the '
                 f'same shape, got {tuple(student_logits.shape)} and '
                 f'{tuple(teacher_logits.shape)}')
-        loss = distill_kl_divergence(student_logits, teacher_logits,
+        return distill_kl_divergence(student_logits, teacher_logits,
                                      self.tau)
-        weight = check_weight('DistillKLLoss', weight,
-                              student_logits.shape[0])
-        loss = weight_reduce_loss(
-            loss, weight=weight, reduction=reduction, avg_factor=avg_factor)
-        return self.loss_weight * loss
 
     def extra_repr(self) -> str:
         return f'tau={self.tau}, loss_weight={self.loss_weight}'

@@ -2,13 +2,11 @@ import numbers
 from typing import Optional
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
-from mmpretrain.models.losses.utils import weight_reduce_loss
 from mmpretrain.registry import MODELS
 
-from .utils import (as_target, check_in_range, check_reduction,
-                    check_weight, cross_entropy_per_sample, log_terms)
+from .per_sample_loss import CrossEntropyBasedLoss
+from .utils import check_in_range, log_terms
 
 
 def top_score_difference(cls_score: torch.Tensor, k: int) -> torch.Tensor:
@@ -26,7 +24,7 @@ def top_score_difference(cls_score: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @MODELS.register_module()
-class TSDLoss(nn.Module):
+class TSDLoss(CrossEntropyBasedLoss):
     r"""The tolerant teacher's loss: cross-entropy plus Top Score Difference.
 
     From "Training Deep Neural Networks in Generations: A More Tolerant
@@ -64,8 +62,7 @@ class TSDLoss(nn.Module):
                  reduction: str = 'mean',
                  num_classes: Optional[int] = None,
                  class_weight: Optional[list] = None):
-        super().__init__()
-        self.eta = check_in_range('TSDLoss', 'eta', eta, 0.0, 1.0)
+        eta = check_in_range('TSDLoss', 'eta', eta, 0.0, 1.0)
         if isinstance(k, bool) or not isinstance(k, numbers.Integral) \
                 or k < 2:
             raise ValueError('TSDLoss: k (classes kept, the primary one '
@@ -73,44 +70,26 @@ class TSDLoss(nn.Module):
         if num_classes is not None and k > num_classes:
             raise ValueError(f'TSDLoss: k={k} is larger than num_classes='
                              f'{num_classes}')
+        super().__init__(loss_weight, reduction, class_weight)
+        self.eta = eta
         self.k = int(k)
         self.num_classes = num_classes
-        self.reduction = check_reduction('TSDLoss', reduction)
-        self.loss_weight = float(loss_weight)
-        self.class_weight = class_weight
 
-    def forward(self,
-                cls_score: torch.Tensor,
-                label: torch.Tensor,
-                weight: Optional[torch.Tensor] = None,
-                avg_factor: Optional[float] = None,
-                reduction_override: Optional[str] = None,
-                **kwargs) -> torch.Tensor:
-        reduction = check_reduction(
-            'TSDLoss', reduction_override or self.reduction)
-        target = as_target('TSDLoss', cls_score, label)
+    def per_sample(self, cls_score: torch.Tensor,
+                   label: torch.Tensor) -> torch.Tensor:
+        ce = self.cross_entropy(cls_score, label)
         num_classes = cls_score.shape[1]
         if self.k > num_classes:
             raise ValueError(f'TSDLoss: k={self.k} is larger than the '
                              f'{num_classes} classes of cls_score')
-        class_weight = None if self.class_weight is None else \
-            cls_score.new_tensor(self.class_weight, dtype=torch.float32)
-
-        ce = cross_entropy_per_sample(cls_score, target, class_weight)
-        if self.eta < 1.0:
-            tsd = top_score_difference(cls_score, self.k)
-            loss = self.eta * ce + (1.0 - self.eta) * tsd
-            if self.training:
-                log_terms(
-                    loss_tsd_ce=self.loss_weight * self.eta * ce.mean(),
-                    loss_tsd_term=self.loss_weight * (1 - self.eta) *
-                    tsd.mean())
-        else:
-            loss = ce
-        weight = check_weight('TSDLoss', weight, cls_score.shape[0])
-        loss = weight_reduce_loss(
-            loss, weight=weight, reduction=reduction, avg_factor=avg_factor)
-        return self.loss_weight * loss
+        if self.eta == 1.0:
+            return ce
+        tsd = top_score_difference(cls_score, self.k)
+        if self.training:
+            log_terms(
+                loss_tsd_ce=self.loss_weight * self.eta * ce.mean(),
+                loss_tsd_term=self.loss_weight * (1 - self.eta) * tsd.mean())
+        return self.eta * ce + (1.0 - self.eta) * tsd
 
     def extra_repr(self) -> str:
         return f'eta={self.eta}, k={self.k}, loss_weight={self.loss_weight}'

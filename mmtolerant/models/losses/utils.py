@@ -13,6 +13,9 @@ import torch
 import torch.nn.functional as F
 
 REDUCTIONS = ('none', 'mean', 'sum')
+# F.cross_entropy skips the samples labelled ignore_index (-100 by default):
+# a label no dataset gives, so that every label is checked and counted.
+NO_IGNORED_LABEL = torch.iinfo(torch.long).min
 
 
 def check_in_range(loss_name: str, arg: str, value, low: float,
@@ -53,10 +56,13 @@ def check_logits(loss_name: str, cls_score: torch.Tensor,
 
 def as_target(loss_name: str, cls_score: torch.Tensor,
               label: torch.Tensor) -> torch.Tensor:
-    """Validate ``label`` against ``cls_score``.
+    """Validate the shape of ``label`` against ``cls_score``.
 
     Returns class indices of shape (N,) (long) or soft targets of shape
-    (N, C) (float), whichever ``label`` holds.
+    (N, C) (float), whichever ``label`` holds. Only shapes and dtypes are
+    read here: reading the labels' values would make the host wait for the
+    device at every step. An index outside [0, C) is refused by
+    :func:`cross_entropy_per_sample`.
     """
     check_logits(loss_name, cls_score)
     n, c = cls_score.shape
@@ -73,10 +79,6 @@ def as_target(loss_name: str, cls_score: torch.Tensor,
         if label.is_floating_point():
             raise ValueError(f'{loss_name}: class-index labels must be '
                              f'integers, got dtype {label.dtype}')
-        if n and (int(label.min()) < 0 or int(label.max()) >= c):
-            bad = label[(label < 0) | (label >= c)][0].item()
-            raise ValueError(f'{loss_name}: label {bad} is outside '
-                             f'[0, {c - 1}] for {c} classes')
         return label.long()
     if label.shape != cls_score.shape:
         raise ValueError(f'{loss_name}: soft targets must have the shape of '
@@ -105,15 +107,32 @@ def entropy(log_prob: torch.Tensor) -> torch.Tensor:
     return -torch.special.xlogy(log_prob.exp(), log_prob.exp()).sum(dim=1)
 
 
-def cross_entropy_per_sample(cls_score: torch.Tensor,
+def cross_entropy_per_sample(loss_name: str,
+                             cls_score: torch.Tensor,
                              target: torch.Tensor,
                              class_weight: Optional[torch.Tensor] = None
                              ) -> torch.Tensor:
-    """Per-sample cross-entropy for index or soft targets (float32 maths)."""
+    """Per-sample cross-entropy for index or soft targets (float32 maths).
+
+    An index outside [0, C) is refused by torch's own check: on the CPU an
+    ``IndexError``, turned here into a ``ValueError`` that names the label;
+    on a GPU a device-side assert, as in any PyTorch classifier.
+    """
     logits = cls_score.float()
+    if class_weight is not None:
+        class_weight = class_weight.to(logits.device, torch.float32)
     if target.dim() == 1:
-        return F.cross_entropy(
-            logits, target, weight=class_weight, reduction='none')
+        try:
+            return F.cross_entropy(
+                logits, target, weight=class_weight, reduction='none',
+                ignore_index=NO_IGNORED_LABEL)
+        except IndexError:
+            c = logits.shape[1]
+            bad = target[(target < 0) | (target >= c)]
+            if not len(bad):
+                raise
+            raise ValueError(f'{loss_name}: label {bad[0].item()} is '
+                             f'outside [0, {c - 1}] for {c} classes') from None
     loss = -target * F.log_softmax(logits, dim=1)
     if class_weight is not None:
         loss = loss * class_weight
@@ -125,10 +144,12 @@ def log_terms(**terms: torch.Tensor) -> None:
 
     A head returns a single ``loss``; its parts are published on MMEngine's
     message hub under ``train/<name>`` so the logger prints them beside it.
+    The hub keeps numbers: the terms come to the host in one transfer.
     """
     if not torch.is_grad_enabled():
         return
     from mmengine.logging import MessageHub
     hub = MessageHub.get_current_instance()
-    for name, value in terms.items():
-        hub.update_scalar(f'train/{name}', float(value.detach()))
+    values = torch.stack([v.detach().float() for v in terms.values()])
+    for name, value in zip(terms, values.tolist()):
+        hub.update_scalar(f'train/{name}', value)

@@ -1,4 +1,4 @@
-"""Export a trained classifier as a plain mmpretrain model.
+"""A classifier in its stock mmpretrain form: its config, and its export.
 
 The export is a weights-only checkpoint (tensors and plain Python values, so
 stock mmpretrain loads it under torch's ``weights_only=True``) and a config
@@ -12,14 +12,40 @@ backbone: then the config imports mmtolerant)::
 import copy
 import os
 import os.path as osp
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch.nn as nn
 from mmengine.config import Config, ConfigDict
 
-from .chain_layout import EXPORT_CFG, EXPORT_CKPT
-from .fileio import atomic_torch_save, atomic_write_text
-from .model import bare_model
+from mmtolerant.utils.chain_layout import EXPORT_CFG, EXPORT_CKPT
+from mmtolerant.utils.fileio import atomic_torch_save, atomic_write_text
+from mmtolerant.utils.model import bare_model
+
+# Arguments of DistillImageClassifier that a plain ImageClassifier lacks.
+DISTILL_ONLY_KEYS = ('teacher', 'lam', 'distill_loss', 'eval_teacher',
+                     'teacher_cache', 'teacher_autocast', 'teacher_compile',
+                     'teacher_channels_last')
+
+
+def plain_classifier_cfg(model_cfg: Union[dict, ConfigDict]) -> ConfigDict:
+    """The stock ``ImageClassifier`` config of a (distillation) model config.
+
+    A ``DistillImageClassifier`` config loses its teacher and
+    distillation settings; the rest (backbone, neck, head, preprocessor)
+    describes the student exactly, and its weights carry the same names.
+    """
+    cfg = ConfigDict(copy.deepcopy(dict(model_cfg)))
+    if _type_name(cfg.get('type')) in ('DistillImageClassifier',
+                                       'mmtolerant.DistillImageClassifier'):
+        cfg['type'] = 'ImageClassifier'
+        for key in DISTILL_ONLY_KEYS:
+            cfg.pop(key, None)
+    return cfg
+
+
+def _type_name(type_) -> str:
+    """A registry type given as a name or as the class itself."""
+    return type_ if isinstance(type_, str) else getattr(type_, '__name__', '')
 
 
 def _is_plugin_type(type_name: Any) -> bool:
@@ -50,7 +76,6 @@ def _stock_losses(cfg: Any) -> Any:
 
 def plain_model_cfg(cfg: Config) -> ConfigDict:
     """The stock ``ImageClassifier`` model config of a run's config."""
-    from mmtolerant.models.classifiers import plain_classifier_cfg
     model = plain_classifier_cfg(cfg.model)
     if 'data_preprocessor' not in model and cfg.get('data_preprocessor'):
         model['data_preprocessor'] = copy.deepcopy(cfg.data_preprocessor)

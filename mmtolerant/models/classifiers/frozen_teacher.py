@@ -1,0 +1,319 @@
+"""The frozen teacher of a distillation: a trained classifier that only
+gives class scores, built from its config and checkpoint and run on the
+student's preprocessed batch."""
+import contextlib
+import copy
+import itertools
+import os
+from typing import Optional, Union
+
+import torch
+import torch.nn as nn
+from mmengine.config import Config, ConfigDict
+from mmengine.logging import print_log
+from mmengine.runner.checkpoint import _load_checkpoint
+from mmpretrain.registry import MODELS
+
+from mmtolerant.utils.checkpoint import (CheckpointLoadError,
+                                         extract_state_dict)
+from .plain_classifier import plain_classifier_cfg
+
+TEACHER_AUTOCAST = {'bfloat16': torch.bfloat16, 'float16': torch.float16}
+
+
+def check_teacher_options(owner: str, teacher_autocast=None,
+                          teacher_compile=False,
+                          teacher_channels_last=None) -> None:
+    """Refuse a bad ``teacher_autocast`` / ``teacher_compile`` /
+    ``teacher_channels_last`` with an error that starts with ``owner`` (the
+    classifier's own check, also run by a chain on its settings)."""
+    if teacher_autocast is not None \
+            and teacher_autocast not in TEACHER_AUTOCAST:
+        raise ValueError(
+            f"{owner}: teacher_autocast must be None, 'bfloat16' or "
+            f"'float16', got {teacher_autocast!r}")
+    if not isinstance(teacher_compile, (bool, dict)):
+        raise ValueError(
+            f'{owner}: teacher_compile must be True, False or a dict of '
+            f'torch.compile arguments, got {teacher_compile!r}')
+    if teacher_channels_last is not None and not isinstance(
+            teacher_channels_last, bool):
+        raise ValueError(
+            f'{owner}: teacher_channels_last must be None, True or False, '
+            f'got {teacher_channels_last!r}')
+
+
+def teacher_model_cfg(config, cfg_options: Optional[dict] = None
+                      ) -> ConfigDict:
+    """The teacher's model config from a config path, a Config with a
+    ``model`` (and its ``data_preprocessor``) or a model dict, with
+    ``cfg_options`` (keys relative to the model, e.g.
+    ``{'head.num_classes': 100}``) merged in. A distillation config gives
+    its student alone, and nothing pretrained is downloaded: the weights
+    come from the teacher's checkpoint."""
+    if isinstance(config, (str, os.PathLike)):
+        path = os.fspath(config)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f'teacher config {path!r} does not exist')
+        config = Config.fromfile(path)
+    if isinstance(config, (Config, dict)) and 'model' in config:
+        model = ConfigDict(copy.deepcopy(dict(config['model'])))
+        if config.get('data_preprocessor') is not None:
+            model.setdefault('data_preprocessor',
+                             copy.deepcopy(config['data_preprocessor']))
+    elif isinstance(config, dict) and 'type' in config:
+        model = ConfigDict(copy.deepcopy(dict(config)))
+    else:
+        raise TypeError('teacher.config must be a config file path, a '
+                        'Config with a `model` field, or a model dict with '
+                        f'a `type`; got {type(config).__name__}')
+    if cfg_options:
+        holder = Config(dict(model=model))
+        holder.merge_from_dict(
+            {f'model.{k}': v
+             for k, v in dict(cfg_options).items()})
+        model = holder.model
+    model = plain_classifier_cfg(model)
+    model.pop('init_cfg', None)
+    model.pop('pretrained', None)
+    return model
+
+
+def load_teacher_weights(model: nn.Module, checkpoint) -> None:
+    """Load the local file ``checkpoint`` into ``model``, every weight of
+    it and nothing else.
+
+    The file is read by MMEngine's checkpoint loader, which ``import
+    mmtolerant`` makes weights-only (nothing in the file can execute code).
+    The strict comparison is ours rather than ``load_checkpoint(strict=
+    True)``'s, which raises on rank 0 only and lets other ranks go on with
+    a half-loaded teacher.
+    """
+    if checkpoint is None:
+        raise CheckpointLoadError('teacher.checkpoint is required: a frozen '
+                                  'teacher without trained weights teaches '
+                                  'nothing')
+    if not isinstance(checkpoint, (str, os.PathLike)) \
+            or not os.path.isfile(checkpoint):
+        raise CheckpointLoadError(
+            f'teacher checkpoint {checkpoint!r} does not exist or is not a '
+            'file')
+    checkpoint = os.fspath(checkpoint)
+    state_dict = extract_state_dict(
+        _load_checkpoint(checkpoint, map_location='cpu', logger='current'),
+        checkpoint)
+    try:
+        incompatible = model.load_state_dict(state_dict, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        details = '; '.join(str(e).splitlines()[1:4])
+        raise CheckpointLoadError(
+            f'teacher checkpoint {checkpoint!r} does not match the teacher '
+            f'config: {details}') from None
+    if incompatible.missing_keys or incompatible.unexpected_keys:
+        raise CheckpointLoadError(
+            f'teacher checkpoint {checkpoint!r} does not match the teacher '
+            f'config: missing keys {incompatible.missing_keys[:5]}, '
+            f'unexpected keys {incompatible.unexpected_keys[:5]}')
+
+
+def num_classes_of(model: nn.Module) -> Optional[int]:
+    """The classes a classifier predicts, when its head or backbone says."""
+    for part in ('head', 'backbone'):
+        n = getattr(getattr(model, part, None), 'num_classes', None)
+        if isinstance(n, int):
+            return n
+    return None
+
+
+def _set_layout(module: nn.Module, memory_format) -> None:
+    """Put the 4-D parameters and buffers of ``module`` in ``memory_format``
+    (``Module.to(memory_format=...)`` refuses a module holding 5-D ones)."""
+    with torch.no_grad():
+        for t in itertools.chain(module.parameters(), module.buffers()):
+            if t.dim() == 4:
+                t.data = t.data.contiguous(memory_format=memory_format)
+
+
+class FrozenTeacher(nn.Module):
+    """A trained classifier that gives a distillation its targets.
+
+    Built from ``config`` (see :func:`teacher_model_cfg`) and loaded from
+    ``checkpoint`` (see :func:`load_teacher_weights`), with every parameter
+    frozen, and in eval mode for good: ``train()`` leaves it there. Called
+    on an already preprocessed batch, it returns the teacher's class scores,
+    computed under ``torch.inference_mode`` (no autograd bookkeeping) and
+    given back as a normal tensor that a loss may save for its backward
+    pass.
+
+    A distiller holds it outside its own module tree, so that it is in no
+    ``state_dict()``, optimizer or DDP bucket, and moves it along with its
+    own ``_apply`` (``.to()``, ``.cuda()``).
+
+    Args:
+        config: The teacher's config file path, Config or model dict.
+        checkpoint (str): The teacher's weights, a local file written by
+            ``torch.save`` (a state dict or an MMEngine checkpoint).
+        cfg_options (dict, optional): Applied to the teacher's model config.
+        teacher_autocast (str, optional): Run the forward pass under
+            ``torch.autocast`` in ``'bfloat16'`` or ``'float16'`` even when
+            the run itself is float32: cheaper on hardware with fast units
+            for that type (no help where it is emulated; see
+            ``benchmarks/README.md``), at the price of logits rounded to its
+            precision; they come back in float32. Defaults to None: the
+            teacher runs in the caller's precision (its AMP autocast, if
+            any).
+        teacher_compile (bool | dict): ``True`` or a dict of
+            ``torch.compile`` arguments such as ``dict(mode='max-autotune')``:
+            a call with ``compiled=True`` runs the forward pass compiled by
+            ``torch.compile`` with inductor's ``freezing`` on (the frozen
+            weights become constants: BatchNorm folded into the
+            convolutions, weights pre-packed). The first calls pay the
+            compilation (once more for a smaller last batch); the outputs
+            equal the eager teacher's to float rounding.
+            Defaults to False.
+        teacher_channels_last (bool, optional): Keep the weights, and give
+            the forward pass its input, in the channels-last memory layout
+            (one copy of the batch per call): the layout that oneDNN's CPU
+            convolutions and a GPU's tensor cores under mixed precision run
+            fastest (see ``benchmarks/README.md``); the same outputs to
+            float rounding. None (default): channels-last unless the first
+            4-D forward pass fails in it (a model that ``.view()``-s a
+            feature map, such as mmpretrain's ``LinearNeck`` on a 4-D map),
+            which then runs again, and from then on, in NCHW (logged).
+            True: channels-last or an error; False: NCHW.
+    """
+
+    def __init__(self,
+                 config,
+                 checkpoint: str,
+                 cfg_options: Optional[dict] = None,
+                 teacher_autocast: Optional[str] = None,
+                 teacher_compile: Union[bool, dict] = False,
+                 teacher_channels_last: Optional[bool] = None):
+        super().__init__()
+        check_teacher_options('FrozenTeacher', teacher_autocast,
+                              teacher_compile, teacher_channels_last)
+        self.model = MODELS.build(teacher_model_cfg(config, cfg_options))
+        load_teacher_weights(self.model, checkpoint)
+        self.requires_grad_(False)
+        self.train(False)
+        self.checkpoint = checkpoint
+        self.teacher_autocast = teacher_autocast
+        self.teacher_compile = teacher_compile
+        self.teacher_channels_last = teacher_channels_last
+        self._compiled = None
+        # The layout in use; with None, until the first forward pass shows
+        # whether the teacher runs in channels-last.
+        self._channels_last = teacher_channels_last is not False
+        self._layout_settled = teacher_channels_last is not None
+        if self._channels_last:
+            _set_layout(self.model, torch.channels_last)
+
+    @classmethod
+    def from_cfg(cls, cfg: dict, **options) -> 'FrozenTeacher':
+        """The teacher of a distiller's ``teacher=dict(config, checkpoint,
+        cfg_options=None)``, with ``options`` (``teacher_autocast``...)."""
+        if not isinstance(cfg, dict) or 'config' not in cfg \
+                or 'checkpoint' not in cfg:
+            raise ValueError('teacher must be a dict with `config` and '
+                             f'`checkpoint`, got {cfg!r}')
+        unknown = set(cfg) - {'config', 'checkpoint', 'cfg_options'}
+        if unknown:
+            raise ValueError(f'unknown teacher keys {sorted(unknown)} '
+                             '(known: config, checkpoint, cfg_options)')
+        return cls(**cfg, **options)
+
+    def train(self, mode: bool = True) -> 'FrozenTeacher':
+        return super().train(False)
+
+    @property
+    def runs_channels_last(self) -> bool:
+        """Whether the teacher (now) runs in the channels-last layout."""
+        return self._channels_last
+
+    def check_student(self, student: nn.Module) -> None:
+        """Refuse a student this teacher cannot teach: other classes, or
+        inputs normalised otherwise (the teacher reads the student's
+        preprocessed batch)."""
+        s_classes, t_classes = num_classes_of(student), num_classes_of(
+            self.model)
+        if s_classes is not None and t_classes is not None \
+                and s_classes != t_classes:
+            raise ValueError(
+                f'the teacher ({self.checkpoint}) predicts {t_classes} '
+                f'classes but the student predicts {s_classes}: they must '
+                'match')
+        s_pre, t_pre = student.data_preprocessor, self.model.data_preprocessor
+        for attr in ('mean', 'std'):
+            s_val, t_val = getattr(s_pre, attr, None), getattr(
+                t_pre, attr, None)
+            same = (s_val is None) == (t_val is None) and (
+                s_val is None or s_val.shape == t_val.shape
+                and torch.allclose(s_val.float(), t_val.float()))
+            if not same:
+                show = (lambda v: None if v is None else v.flatten().tolist())
+                raise ValueError(
+                    f'teacher and student normalise inputs differently: '
+                    f'{attr} {show(t_val)} (teacher) vs {show(s_val)} '
+                    '(student); the teacher sees the student\'s batch')
+
+    def _logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.model.head(self.model.extract_feat(inputs))
+
+    def forward(self, inputs: torch.Tensor,
+                compiled: bool = False) -> torch.Tensor:
+        """The class scores of a preprocessed batch (float32 with
+        ``teacher_autocast``); ``compiled``: by the ``torch.compile``-d
+        forward pass (see ``teacher_compile``)."""
+        autocast = contextlib.nullcontext()
+        if self.teacher_autocast is not None:
+            autocast = torch.autocast(
+                device_type=inputs.device.type,
+                dtype=TEACHER_AUTOCAST[self.teacher_autocast])
+        forward, freezing = self._logits, contextlib.nullcontext()
+        if compiled:
+            if self._compiled is None:
+                options = {} if self.teacher_compile is True \
+                    else dict(self.teacher_compile)
+                self._compiled = torch.compile(self._logits, **options)
+            forward = self._compiled
+            # Read when the graph compiles (lazily, at the first call);
+            # patched here only, so a compiled student is not frozen too.
+            import torch._inductor.config as inductor_config
+            freezing = inductor_config.patch(freezing=True)
+        with torch.inference_mode(), autocast, freezing:
+            logits = self._in_layout(forward, inputs)
+        if self.teacher_autocast is not None:
+            logits = logits.float()
+        # An inference tensor cannot be saved for a backward pass.
+        return logits.clone() if logits.is_inference() else logits
+
+    def _in_layout(self, forward, inputs: torch.Tensor) -> torch.Tensor:
+        """``forward(inputs)`` in the teacher's memory layout."""
+        if not self._channels_last or inputs.dim() != 4:
+            return forward(inputs)
+        nhwc = inputs.contiguous(memory_format=torch.channels_last)
+        if self._layout_settled and self.teacher_channels_last is None:
+            return forward(nhwc)
+        try:
+            logits = forward(nhwc)
+        except torch.OutOfMemoryError:
+            raise
+        except RuntimeError as e:
+            if self.teacher_channels_last:
+                raise RuntimeError(
+                    'teacher_channels_last=True but the teacher\'s forward '
+                    'pass fails in channels-last '
+                    f'({e}); set teacher_channels_last=None or False') from e
+            # If the layout was not the cause, the same error comes again.
+            self._channels_last = False
+            with torch.inference_mode(False):
+                _set_layout(self.model, torch.contiguous_format)
+            print_log(
+                '[mmtolerant] the teacher runs in NCHW: its forward pass '
+                f'fails in channels-last ({str(e).splitlines()[0][:200]})',
+                logger='current')
+            logits = forward(inputs)
+        self._layout_settled = True
+        return logits
