@@ -15,6 +15,10 @@ import mmtolerant  # noqa: F401
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DIGITS = osp.join(REPO, 'configs', 'digits')
 CHAIN = osp.join(DIGITS, 'tsd_chain_r18t_digits.py')
+# A random training pipeline for the 8x8 digits.
+RANDOM_PIPELINE = [dict(type='RandomCrop', crop_size=8, padding=1),
+                   dict(type='RandomFlip', prob=0.5, direction='horizontal'),
+                   dict(type='PackInputs')]
 
 
 def digits_cfg(name: str, work_dir: str, **options) -> Config:
@@ -36,6 +40,18 @@ def student_cfg(teacher_dir, work_dir, **options):
     return digits_cfg('student_r18t_digits.py', work_dir, **options)
 
 
+def digits_batch(indices=16, split: str = 'train'):
+    """A collated batch of digits (``indices``, or the first ``indices``
+    when an int), packed without augmentation."""
+    from mmengine.dataset import pseudo_collate
+    from mmpretrain.registry import DATASETS
+    dataset = DATASETS.build(dict(type='SklearnDigits', split=split,
+                                  pipeline=[dict(type='PackInputs')]))
+    if isinstance(indices, int):
+        indices = range(indices)
+    return pseudo_collate([dataset[i] for i in indices])
+
+
 def chain_cfg(work_dir, **options) -> Config:
     """The digits chain M0..M2, one epoch per generation."""
     cfg = Config.fromfile(CHAIN)
@@ -44,6 +60,15 @@ def chain_cfg(work_dir, **options) -> Config:
     cfg.generations.num_generations = 2  # M0, M1, M2
     cfg.merge_from_dict(options)
     return cfg
+
+
+def rng_states():
+    """The states of the random generators of Python, NumPy and torch."""
+    import random
+
+    import numpy as np
+    return (random.getstate(), np.random.get_state()[1].copy(),
+            torch.get_rng_state())
 
 
 def train(cfg: Config):

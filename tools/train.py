@@ -91,13 +91,12 @@ def main():
     cfg = merge_args(cfg, args)
 
     cpu_ddp_cfg(cfg)
-    if 'runner_type' in cfg:  # the GenerationRunner sets up each generation
+    use_atomic_checkpoints(cfg)
+    init_distributed(cfg.launcher, cfg.get('env_cfg', {}).get('dist_cfg'))
+    if 'runner_type' in cfg:
         from mmengine.registry import RUNNERS
         runner = RUNNERS.build(cfg)
     else:
-        use_atomic_checkpoints(cfg)
-        init_distributed(cfg.launcher,
-                         cfg.get('env_cfg', {}).get('dist_cfg'))
         runner = Runner.from_cfg(cfg)
     print_log(
         f'[mmtolerant] torch threads per process: {torch.get_num_threads()}',

@@ -7,6 +7,17 @@ from mmengine.config import Config
 DATALOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
 
 
+def plain_data(obj: Any) -> Any:
+    """``obj`` as JSON data: dicts with str keys, lists for tuples, other
+    objects as their ``str``."""
+    if isinstance(obj, dict):
+        return {str(k): plain_data(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain_data(v) for v in obj]
+    return obj if isinstance(obj, (int, float, str, bool, type(None))) \
+        else str(obj)
+
+
 def _replace_value(node: Any, old: str, new: str) -> int:
     count = 0
     if isinstance(node, dict):

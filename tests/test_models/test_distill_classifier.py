@@ -5,22 +5,12 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from mmengine.dataset import pseudo_collate
 from mmengine.optim import OptimWrapper
-from mmpretrain.registry import DATASETS, MODELS
+from mmpretrain.registry import MODELS
 
-from conftest import REPO, run_tool, student_cfg, train
+from conftest import REPO, digits_batch, run_tool, student_cfg, train
 from mmtolerant.utils import (CheckpointLoadError, extract_state_dict,
                               safe_torch_load)
-
-
-def digits_batch(n=16, split='train'):
-    dataset = DATASETS.build(
-        dict(
-            type='SklearnDigits',
-            split=split,
-            pipeline=[dict(type='PackInputs')]))
-    return pseudo_collate([dataset[i] for i in range(n)])
 
 
 @pytest.fixture(scope='module')

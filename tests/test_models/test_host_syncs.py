@@ -7,12 +7,11 @@ the device has computed it, which stalls a GPU's queue of work in the middle
 of the step. Counted here on the CPU, where every such read is visible."""
 import pytest
 import torch
-from mmengine.dataset import pseudo_collate
 from mmengine.optim import OptimWrapper
-from mmpretrain.registry import DATASETS, MODELS
+from mmpretrain.registry import MODELS
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import student_cfg
+from conftest import digits_batch, student_cfg
 from mmtolerant.models.classifiers import plain_classifier_cfg
 from mmtolerant.models.losses import ConfidencePenaltyLoss, TSDLoss
 
@@ -28,13 +27,6 @@ class ScalarReads(TorchDispatchMode):
         if func is torch.ops.aten._local_scalar_dense.default:
             self.count += 1
         return func(*args, **(kwargs or {}))
-
-
-def digits_batch(indices):
-    dataset = DATASETS.build(
-        dict(type='SklearnDigits', split='train',
-             pipeline=[dict(type='PackInputs')]))
-    return pseudo_collate([dataset[i] for i in indices])
 
 
 def scalar_reads_of_a_train_step(model, indices=range(16)):

@@ -1,11 +1,10 @@
 """teacher_cache: replayed teacher outputs equal the live teacher's."""
 import pytest
 import torch
-from mmengine.dataset import pseudo_collate
 from mmpretrain.registry import DATASETS, MODELS
 
-from conftest import (assert_same_weights, chain_cfg, student_cfg, train,
-                      weights)
+from conftest import (RANDOM_PIPELINE, assert_same_weights, chain_cfg,
+                      digits_batch, rng_states, student_cfg, train, weights)
 from mmtolerant.utils import extract_state_dict, safe_torch_load
 
 DETERMINISTIC = [dict(type='PackInputs')]
@@ -15,12 +14,6 @@ def build(digits_teacher, tmp_path, **options):
     cfg = student_cfg(digits_teacher, tmp_path, **options)
     cfg.model.data_preprocessor = cfg.data_preprocessor
     return MODELS.build(cfg.model)
-
-
-def batch(indices):
-    dataset = DATASETS.build(
-        dict(type='SklearnDigits', split='train', pipeline=DETERMINISTIC))
-    return pseudo_collate([dataset[i] for i in indices])
 
 
 def count_teacher_calls(model):
@@ -38,11 +31,11 @@ def test_replayed_loss_equals_the_live_teachers_loss(digits_teacher,
                    **{'model.teacher_cache': dict(dtype=dtype)}).eval()
     cached.load_state_dict(live.state_dict())
     calls = count_teacher_calls(cached)
-    data = cached.data_preprocessor(batch(range(16)), training=False)
+    data = cached.data_preprocessor(digits_batch(range(16)), training=False)
     first = cached.loss(data['inputs'], data['data_samples'])
     assert len(calls) == 1 and cached.teacher_cache.misses == 1
     # The same samples again, in another order and mixed with new ones.
-    again = cached.data_preprocessor(batch(range(15, -1, -1)), False)
+    again = cached.data_preprocessor(digits_batch(range(15, -1, -1)), False)
     replayed = cached.loss(again['inputs'], again['data_samples'])
     assert len(calls) == 1 and cached.teacher_cache.hits == 1
     expected = live.loss(again['inputs'], again['data_samples'])
@@ -58,7 +51,7 @@ def test_replayed_loss_equals_the_live_teachers_loss(digits_teacher,
         expected['loss_kd'].item(), rel=rel)
     if dtype == 'float32':
         assert torch.equal(replayed['loss_kd'], expected['loss_kd'])
-    mixed = cached.data_preprocessor(batch(range(8, 24)), False)
+    mixed = cached.data_preprocessor(digits_batch(range(8, 24)), False)
     cached.loss(mixed['inputs'], mixed['data_samples'])
     assert len(calls) == 2 and len(cached.teacher_cache) == 24
     bytes_per_sample = {'float32': 4, 'float16': 2}[dtype] * 10 + 8 + 1
@@ -69,7 +62,7 @@ def test_a_changed_input_for_a_cached_sample_stops_with_its_index(
         digits_teacher, tmp_path):
     model = build(digits_teacher, tmp_path,
                   **{'model.teacher_cache': dict()}).eval()
-    data = model.data_preprocessor(batch(range(8)), training=False)
+    data = model.data_preprocessor(digits_batch(range(8)), training=False)
     model.loss(data['inputs'], data['data_samples'])
     # A flip keeps every pixel value: the fingerprint must still see it.
     flipped = data['inputs'].clone()
@@ -211,9 +204,7 @@ def dumped_config(gen_dir):
 
 # --- views: a random pipeline replayed from a fixed set of views ---------
 
-RANDOM = [dict(type='RandomCrop', crop_size=8, padding=1),
-          dict(type='RandomFlip', prob=0.5, direction='horizontal'),
-          dict(type='PackInputs')]
+RANDOM = RANDOM_PIPELINE
 VIEWS = {
     'train_dataloader.dataset':
     dict(type='AugmentationViews',
@@ -221,62 +212,6 @@ VIEWS = {
     'train_dataloader.sampler':
     dict(type='AugmentationViewSampler', views=2, shuffle=True),
 }
-
-
-def rng_states():
-    import random
-
-    import numpy as np
-    return (random.getstate(), np.random.get_state()[1].copy(),
-            torch.get_rng_state())
-
-
-def test_a_view_is_one_fixed_image_and_leaves_the_global_rngs_alone():
-    import numpy as np
-    views = DATASETS.build(VIEWS['train_dataloader.dataset'])
-    torch.manual_seed(5)
-    np.random.seed(5)
-    before = rng_states()
-    first = [views[(i, v)] for i in range(12) for v in (0, 1)]
-    again = [views[(i, v)] for i in range(12) for v in (0, 1)]
-    after = rng_states()
-    assert before[0] == after[0] and np.array_equal(before[1], after[1]) \
-        and torch.equal(before[2], after[2])
-    for a, b in zip(first, again):
-        assert torch.equal(a['inputs'], b['inputs'])
-    assert [d['data_samples'].aug_view for d in first[:4]] == [0, 1, 0, 1]
-    # 9 crop offsets x 2 flips: views of the same sample differ.
-    differ = sum(not torch.equal(first[2 * i]['inputs'],
-                                 first[2 * i + 1]['inputs'])
-                 for i in range(12))
-    assert differ >= 8
-    # Another seed gives other views; a plain index fresh randomness.
-    other = DATASETS.build(dict(VIEWS['train_dataloader.dataset'], seed=1))
-    assert sum(not torch.equal(other[(i, 0)]['inputs'],
-                               first[2 * i]['inputs']) for i in range(12)) >= 8
-    assert 'aug_view' not in views[3]['data_samples']
-
-
-def test_view_sampler_is_the_default_sampler_with_view_epoch_mod_views():
-    from mmengine.dataset import DefaultSampler
-    from mmtolerant.datasets import AugmentationViewSampler
-    views = DATASETS.build(VIEWS['train_dataloader.dataset'])
-    ours = AugmentationViewSampler(views, views=3, seed=7)
-    reference = DefaultSampler(views, seed=7)
-    for epoch in range(5):
-        ours.set_epoch(epoch)
-        reference.set_epoch(epoch)
-        assert list(ours) == [(i, epoch % 3) for i in reference]
-    with pytest.raises(ValueError, match='views must be an int >= 1, got 0'):
-        AugmentationViewSampler(views, views=0)
-    # Two epochs without set_epoch() would show the same view twice.
-    fresh = AugmentationViewSampler(views, views=3, seed=7)
-    assert {v for _, v in fresh} == {0}
-    with pytest.raises(RuntimeError, match='a new epoch began without '
-                       r'set_epoch\(\), so it would show view 0 again'):
-        list(fresh)
-    with pytest.raises(TypeError, match='needs an AugmentationViews dataset'):
-        AugmentationViewSampler(views.dataset, views=2)
 
 
 @pytest.mark.slow
@@ -403,7 +338,7 @@ def test_the_chains_cache_check_builds_wrapped_training_sets(tmp_path):
 def test_views_need_the_wrapped_dataset(digits_teacher, tmp_path):
     model = build(digits_teacher, tmp_path,
                   **{'model.teacher_cache': dict(views=2)}).eval()
-    data = model.data_preprocessor(batch(range(4)), training=False)
+    data = model.data_preprocessor(digits_batch(range(4)), training=False)
     with pytest.raises(ValueError, match="views=2 needs the training set "
                        "wrapped in dict\\(type='AugmentationViews'"):
         model.loss(data['inputs'], data['data_samples'])

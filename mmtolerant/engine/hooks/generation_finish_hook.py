@@ -1,6 +1,7 @@
 """The end of a chain's generation, as one hook."""
 import copy
 import json
+import os.path as osp
 import time
 from typing import Optional, Tuple
 
@@ -8,16 +9,18 @@ import numpy as np
 from mmengine.config import Config
 from mmengine.dist import collect_results, is_main_process
 from mmengine.hooks import Hook
-from mmengine.runner import load_checkpoint
 from mmpretrain.registry import HOOKS
 
+from mmtolerant.datasets import innermost_dataset
 from mmtolerant.evaluation.generation_report import (
     ensemble_scores, load_predictions, predict_scores, prediction_stats,
     save_predictions, topk_accuracy)
+from mmtolerant.models.classifiers.plain_classifier import export_plain_model
 from mmtolerant.utils.chain_layout import (GENERATION_FILE, PREDICTIONS,
                                            ChainLayout)
+from mmtolerant.utils.checkpoint import extract_state_dict, safe_torch_load
+from mmtolerant.utils.config import plain_data
 from mmtolerant.utils.distributed import agree, use_rank0_buffers
-from mmtolerant.models.classifiers.plain_classifier import export_plain_model
 from mmtolerant.utils.fileio import atomic_write_text
 from mmtolerant.utils.model import bare_model
 from .final_val_predictions import FinalValPredictions
@@ -84,8 +87,9 @@ class GenerationFinishHook(Hook):
     """Ends generation m of a chain: hands on its weights, exports them,
     predicts the test set and writes ``gen_<m>/generation.json``.
 
-    The GenerationRunner adds it to every generation. After training (all
-    ranks take part in the predictions; rank 0 writes):
+    The GenerationRunner adds it to every generation. When the training run
+    ends, after MMEngine's own hooks (all ranks take part in the
+    predictions; rank 0 writes):
 
     1. the handed-on weights: the final ones, or with ``hand_on='best'``
        the newest ``best_*.pth`` loaded into the model;
@@ -108,7 +112,9 @@ class GenerationFinishHook(Hook):
         report_k (int): K of the top-K secondary mass.
         report_train (bool): Also report the training set.
     """
-    priority = 'LOW'
+    # Last, after MMEngine's own hooks have ended the run (the logger's
+    # after_run closes the visualizer): generation.json is the last file.
+    priority = 'LOWEST'
 
     def __init__(self, generation: int, chain_dir: str, role: str = '',
                  hand_on: str = 'last', report_k: int = 3,
@@ -120,6 +126,13 @@ class GenerationFinishHook(Hook):
         self.report_k = report_k
         self.report_train = report_train
         self.final_val = FinalValPredictions()
+        self._timing = dict(started=None, build_time_s=None)
+
+    def before_run(self, runner) -> None:
+        # What the GenerationRunner told this run (before a resume loads
+        # the message hub of its checkpoint).
+        self._timing = {key: runner.message_hub.get_info(f'chain/{key}')
+                        for key in ('started', 'build_time_s')}
 
     # The validation pass that ends training is kept by final_val.
     def before_train(self, runner) -> None:
@@ -135,7 +148,9 @@ class GenerationFinishHook(Hook):
     def after_val_epoch(self, runner, metrics=None) -> None:
         self.final_val.finish(runner)
 
-    def after_train(self, runner) -> None:
+    def after_run(self, runner) -> None:
+        if not self.final_val.training:  # a validation or test run
+            return
         started = time.time()
         parts = {}
         model, handed_on = self._handed_on_model(runner)
@@ -162,28 +177,22 @@ class GenerationFinishHook(Hook):
             trained_with=self.role,
             handed_on=handed_on,
             epochs=runner.epoch,
-            wall_time_s=round(started - self._chain_info(runner, 'started',
-                                                         started), 1),
+            wall_time_s=round(started - (self._timing['started'] or started),
+                              1),
             **prediction_stats(scores, labels, self.report_k),
             **train_stats,
             report_k=self.report_k,
             **self._chain_columns(scores, labels))
         # What the chain adds to an ordinary mmpretrain run: building the
         # runner (teacher included) and this step.
-        record['build_time_s'] = round(
-            self._chain_info(runner, 'build_time_s', 0.0), 2)
+        record['build_time_s'] = round(self._timing['build_time_s'] or 0.0,
+                                       2)
         record['finish_time_s'] = round(time.time() - started, 2)
         parts['statistics'] = time.time() - started - sum(parts.values())
         record['finish_parts_s'] = {k: round(v, 3) for k, v in parts.items()}
         record['test_predictions_from'] = source
         atomic_write_text(json.dumps(record, indent=2),
                           self.layout.gen_file(m, GENERATION_FILE))
-
-    @staticmethod
-    def _chain_info(runner, key: str, default):
-        """What the GenerationRunner told this run through the message hub
-        (``chain/started``, ``chain/build_time_s``)."""
-        return runner.message_hub.get_info(f'chain/{key}', default)
 
     def _handed_on_model(self, runner):
         model = bare_model(runner.model)
@@ -194,9 +203,12 @@ class GenerationFinishHook(Hook):
                     f'generations.hand_on="best" but generation '
                     f'{self.generation} saved no best checkpoint: set '
                     'default_hooks.checkpoint.save_best')
-            load_checkpoint(model, best[-1], map_location='cpu', strict=True,
-                            logger='silent')
-            return model, best[-1].rsplit('/', 1)[-1]
+            # Every rank loads (and fails) alike: MMEngine's strict
+            # load_checkpoint raises on rank 0 only.
+            model.load_state_dict(
+                extract_state_dict(safe_torch_load(best[-1]), best[-1]),
+                strict=True)
+            return model, osp.basename(best[-1])
         return model, f'last (epoch {runner.epoch})'
 
     def _test_predictions(self, runner, model) -> Tuple[tuple, str]:
@@ -205,7 +217,7 @@ class GenerationFinishHook(Hook):
         cfg = runner.cfg
         test_cfg = test_loader_cfg(cfg)
         same_as_val = cfg.get('val_dataloader') is not None and \
-            test_cfg == cfg.val_dataloader
+            plain_data(test_cfg) == plain_data(cfg.val_dataloader)
         val_loop = runner.val_loop
         built_val = getattr(val_loop, 'dataloader', None)
         built_val = built_val if hasattr(built_val, 'dataset') else None
@@ -232,8 +244,7 @@ class GenerationFinishHook(Hook):
         the test pipeline swapped in (no second parse of its files)."""
         from mmengine.dataset import BaseDataset, Compose
         loader_cfg = train_eval_loader_cfg(runner.cfg)
-        built = runner.train_dataloader.dataset
-        built = getattr(built, 'dataset', built)  # AugmentationViews
+        built = innermost_dataset(runner.train_dataloader.dataset)
         dataset = None
         if isinstance(built, BaseDataset) and built._fully_initialized:
             dataset = copy.copy(built)

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional
 
 from mmengine.config import Config
 
+from mmtolerant.utils.config import plain_data
 from mmtolerant.utils.fileio import atomic_write_text
 from .generation_settings import GenerationSettings
 
@@ -24,16 +25,6 @@ _SPEED_ONLY_SETTINGS = ('teacher_compile', 'teacher_channels_last')
 # How fast batches come, not which.
 _LOADER_SPEED_SETTINGS = ('num_workers', 'pin_memory', 'persistent_workers',
                           'prefetch_factor')
-
-
-def plain(obj: Any) -> Any:
-    """``obj`` as JSON data (anything else as its ``str``)."""
-    if isinstance(obj, dict):
-        return {str(k): plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [plain(v) for v in obj]
-    return obj if isinstance(obj, (int, float, str, bool, type(None))) \
-        else str(obj)
 
 
 def _without_data_location(dataset: Any) -> Any:
@@ -52,7 +43,7 @@ def _without_data_location(dataset: Any) -> Any:
 def generation_record(cfg: Config,
                       settings: GenerationSettings) -> Dict[str, Any]:
     """What generation ``cfg`` computes, as plain data."""
-    record = {key: plain(cfg.get(key)) for key in _SECTIONS}
+    record = {key: plain_data(cfg.get(key)) for key in _SECTIONS}
     model = record['model']
     if isinstance(model, dict):
         for name in _SPEED_ONLY_SETTINGS:
@@ -61,17 +52,17 @@ def generation_record(cfg: Config,
         if isinstance(teacher, dict):
             teacher.pop('config', None)
             teacher.pop('checkpoint', None)
-    loader = plain(cfg.get('train_dataloader') or {})
+    loader = plain_data(cfg.get('train_dataloader') or {})
     if isinstance(loader, dict):
         for name in _LOADER_SPEED_SETTINGS:
             loader.pop(name, None)
         loader['dataset'] = _without_data_location(loader.get('dataset'))
     record['train_dataloader'] = loader
-    record['auto_scale_lr'] = plain(cfg.get('auto_scale_lr'))
+    record['auto_scale_lr'] = plain_data(cfg.get('auto_scale_lr'))
     # EMA hooks change the weights handed on; other custom hooks (a
     # logger, a profiler, a test's kill switch) may come and go.
     record['ema_hooks'] = [
-        h for h in plain(cfg.get('custom_hooks') or [])
+        h for h in plain_data(cfg.get('custom_hooks') or [])
         if isinstance(h, dict) and str(h.get('type')).endswith('EMAHook')
     ]
     # (report_train may change: a generation trained without it only
@@ -80,7 +71,7 @@ def generation_record(cfg: Config,
                            report_k=settings.report_k)
     if settings.hand_on == 'best':  # which checkpoint is handed on
         checkpoint = (cfg.get('default_hooks') or {}).get('checkpoint') or {}
-        record['chain']['best'] = plain(
+        record['chain']['best'] = plain_data(
             {k: checkpoint.get(k) for k in ('save_best', 'rule')})
     return json.loads(json.dumps(record, sort_keys=True))
 

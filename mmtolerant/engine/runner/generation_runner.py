@@ -155,11 +155,11 @@ class GenerationRunner:
             _log(f'generation {m}: resuming from {plan.resume_from}')
         started = time.time()
         runner = Runner.from_cfg(cfg)
-        # What the chain adds to the run, for the generation's record.
-        runner.message_hub.update_info('chain/started', started,
-                                       resumed=False)
+        # What the chain adds to the run, for the generation's record
+        # (GenerationFinishHook reads it before a resume loads the hub).
+        runner.message_hub.update_info('chain/started', started)
         runner.message_hub.update_info('chain/build_time_s',
-                                       time.time() - started, resumed=False)
+                                       time.time() - started)
         runner.train()
         barrier()  # rank 0 has written generation.json
 

@@ -13,10 +13,9 @@ class SmallConvNet(BaseBackbone):
     starting with a 2x2 max-pool.
 
     With the defaults (16/32/64 channels, two convolutions per stage) it has
-    70k parameters and costs about 6.5 MFLOPs per 28x28 image, which makes a
-    40-epoch Fashion-MNIST training on 5,000 images a one-minute job on one
-    CPU core. It is meant for studies (many seeds, many generations) on CPU;
-    any mmpretrain backbone works in the same configs.
+    70k parameters and costs about 6.5 MFLOPs per 28x28 image. It is meant
+    for studies (many seeds, many generations) on CPU; any mmpretrain
+    backbone works in the same configs.
 
     Args:
         in_channels (int): Input channels (1 for grey images). Default 1.
