@@ -13,6 +13,13 @@ from mmengine.config import Config
 import mmtolerant  # noqa: F401
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+# The configs read Fashion-MNIST from data/fashion_mnist (downloaded there by
+# mmpretrain); the tests read the local copy beside the clone, through the
+# configs' switch, in this process and the tools it starts.
+FASHION_MNIST = osp.join(REPO, '..', 'shared', 'data', 'fashion_mnist')
+if osp.isdir(FASHION_MNIST):
+    os.environ.setdefault('MMTOLERANT_FASHION_MNIST',
+                          osp.abspath(FASHION_MNIST))
 DIGITS = osp.join(REPO, 'configs', 'digits')
 CHAIN = osp.join(DIGITS, 'tsd_chain_r18t_digits.py')
 # A random training pipeline for the 8x8 digits.

@@ -11,13 +11,12 @@ import torch
 from mmengine.config import Config
 from mmpretrain.registry import DATASETS, MODELS
 
-from conftest import REPO, train
+from conftest import FASHION_MNIST, REPO, train
 from mmtolerant.utils.config import merge_cfg_options
 
 CONFIGS = sorted(
     p for p in glob.glob(osp.join(REPO, 'configs', '**', '*.py'),
                          recursive=True) if '_base_' not in p)
-FMNIST = osp.join(REPO, '..', 'shared', 'data', 'fashion_mnist')
 INPUT_SHAPES = {'digits': (1, 8, 8), 'fashion_mnist': (1, 28, 28),
                 'fashion_mnist_500': (1, 28, 28),
                 'cifar100': (3, 32, 32), 'configs': (3, 224, 224)}
@@ -132,6 +131,38 @@ def test_data_root_option_moves_every_dataset(path):
         assert cfg[loader].dataset.data_root == '/elsewhere/data'
 
 
+def _data_locations(node):
+    """Every ``data_root``/``data_prefix`` value in a config."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ('data_root', 'data_prefix') and isinstance(value, str):
+                yield value
+            else:
+                yield from _data_locations(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            yield from _data_locations(value)
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=osp.basename)
+def test_no_config_reads_data_from_outside_the_repository(path, monkeypatch):
+    """A user's clone has data/<dataset> (mmpretrain's layout, downloaded
+    there where mmpretrain can), not our machines' folders: the default of
+    every shipped config is a relative path inside the repository."""
+    monkeypatch.delenv('MMTOLERANT_FASHION_MNIST', raising=False)
+    with open(path) as f:
+        assert '/shared/' not in f.read()
+    cfg = Config.fromfile(path)
+    for location in _data_locations(cfg.to_dict()):
+        assert not osp.isabs(location) and '..' not in location.split('/'), \
+            location
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        dataset = (cfg.get(loader) or {}).get('dataset') or {}
+        if dataset.get('type') == 'FashionMNIST':
+            assert dataset.data_root == 'data/fashion_mnist'
+            assert dataset.download is True
+
+
 def test_an_option_below_a_none_setting_makes_it_a_dict():
     """What the README's settings block writes (teacher_cache=None) can
     still be set from the command line; mmengine alone raises a TypeError."""
@@ -145,12 +176,13 @@ def test_an_option_below_a_none_setting_makes_it_a_dict():
         teacher_cache=dict(dtype='float16'), lam=0.3)
 
 
-@pytest.mark.skipif(not osp.isdir(FMNIST), reason='needs ../shared/data')
+@pytest.mark.skipif(not osp.isdir(FASHION_MNIST),
+                    reason='needs ../shared/data')
 def test_fashion_mnist_val_set_is_the_10k_test_images_not_the_training_set():
     cfg = merge_cfg_options(
         Config.fromfile(
             osp.join(REPO, 'configs/fashion_mnist/strict_teacher_r18n_fmnist.py')),
-        {'data_root': FMNIST})
+        {'data_root': FASHION_MNIST})
     val = DATASETS.build(cfg.val_dataloader.dataset)
     train_set = DATASETS.build(cfg.train_dataloader.dataset)
     assert len(val) == 10000 and len(train_set) == 60000

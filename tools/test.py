@@ -59,8 +59,13 @@ def main():
         raise SystemExit(f'checkpoint {args.checkpoint!r} does not exist')
     cfg = Config.fromfile(args.config)
     cfg = merge_cfg_options(cfg, args.cfg_options)
-    missing = [k for k in ('test_dataloader', 'test_evaluator')
-               if cfg.get(k) is None]
+    # An export's test_dataloader holds the test pipeline alone.
+    has_data = ((cfg.get('test_dataloader') or {}).get('dataset')
+                or {}).get('type') is not None
+    missing = [k for k, there in (('test_dataloader', has_data),
+                                  ('test_evaluator',
+                                   cfg.get('test_evaluator') is not None))
+               if not there]
     if missing:
         # An exported_model.py describes the model alone.
         raise SystemExit(

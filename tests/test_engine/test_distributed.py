@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import (CHAIN, REPO, assert_same_weights, exported_model_probs,
-                      run_tool, weights)
+from conftest import (CHAIN, FASHION_MNIST, REPO, assert_same_weights,
+                      exported_model_probs, run_tool, weights)
 from mmtolerant.utils import safe_torch_load
 
 
@@ -156,7 +156,7 @@ def test_a_ddp_chain_with_a_cache_checks_its_students_data_on_every_rank(
     """mmpretrain's (Fashion)MNIST and CIFAR datasets meet in a barrier
     while they load: a check of the students' training set on rank 0 alone
     would wait there forever while the other ranks wait for the plan."""
-    fmnist = osp.join(REPO, '..', 'shared', 'data', 'fashion_mnist')
+    fmnist = FASHION_MNIST
     if not osp.isdir(fmnist):
         pytest.skip('needs ../shared/data')
     script = tmp_path / 'plan.py'

@@ -279,3 +279,42 @@ def test_views_wrap_the_dataset_after_per_generation_overrides(tmp_path):
         assert loader.sampler.views == 3
     assert runner.generation_cfgs[1].train_dataloader.dataset.dataset \
         .pipeline == pipeline
+
+
+INFERENCE = '''
+import sys
+import numpy as np
+from mmpretrain import get_model
+from mmpretrain.apis import ImageClassificationInferencer, init_model
+gen_dir, images, out = sys.argv[1:4]
+cfg, ckpt = f'{gen_dir}/exported_model.py', f'{gen_dir}/exported_model.pth'
+inferencer = ImageClassificationInferencer(cfg, pretrained=ckpt, device='cpu')
+results = inferencer(list(np.load(images)), batch_size=64)
+assert type(init_model(cfg, ckpt)).__name__ == 'ImageClassifier'
+assert type(get_model(cfg, pretrained=ckpt)).__name__ == 'ImageClassifier'
+assert 'mmtolerant' not in sys.modules, 'mmtolerant was imported'
+np.save(out, np.stack([r['pred_scores'] for r in results]))
+print('classes', results[0]['pred_class'], inferencer.classes[:3])
+'''
+
+
+@pytest.mark.slow
+def test_an_export_predicts_through_mmpretrains_inferencer(chain, tmp_path,
+                                                           python):
+    """mmpretrain's own inference APIs (ImageClassificationInferencer, so
+    demo/image_demo.py; init_model; get_model) take a generation's export,
+    in a process without mmtolerant, and predict what the chain saved."""
+    from mmpretrain.registry import DATASETS
+    work_dir, _ = chain
+    test_set = DATASETS.build(dict(type='SklearnDigits', split='test'))
+    np.save(tmp_path / 'images.npy',
+            np.stack([test_set.get_data_info(i)['img']
+                      for i in range(len(test_set))]))
+    (tmp_path / 'infer.py').write_text(INFERENCE)
+    proc = run_tool([python, str(tmp_path / 'infer.py'),
+                     str(work_dir / 'gen_2'), str(tmp_path / 'images.npy'),
+                     str(tmp_path / 'scores.npy')], cwd=str(tmp_path))
+    assert "['0', '1', '2']" in proc.stdout
+    with np.load(work_dir / 'gen_2' / 'test_predictions.npz') as saved:
+        np.testing.assert_allclose(np.load(tmp_path / 'scores.npy'),
+                                   saved['scores'], atol=1e-5)

@@ -1,9 +1,10 @@
-# Fashion-MNIST (28x28 grey, 10 classes, 60k train / 10k test).
-# Override the location with `--cfg-options data_root=/path/to/fashion_mnist`
+# Fashion-MNIST (28x28 grey, 10 classes, 60k train / 10k test), in
+# mmpretrain's layout: data/fashion_mnist, downloaded there by mmpretrain when
+# it is missing. Elsewhere: `--cfg-options data_root=/path/to/fashion_mnist`
 # (our tools/train.py and tools/test.py carry it into every dataset below) or
-# with the environment variable MMTOLERANT_FASHION_MNIST.
+# the environment variable MMTOLERANT_FASHION_MNIST=/path/to/fashion_mnist.
 dataset_type = 'FashionMNIST'
-data_root = '{{$MMTOLERANT_FASHION_MNIST:../shared/data/fashion_mnist}}'
+data_root = '{{$MMTOLERANT_FASHION_MNIST:data/fashion_mnist}}'
 
 data_preprocessor = dict(
     num_classes=10,
@@ -27,7 +28,7 @@ train_dataloader = dict(
         data_root=data_root,
         split='train',
         test_mode=False,
-        download=False,
+        download=True,
         pipeline=train_pipeline),
     sampler=dict(type='DefaultSampler', shuffle=True),
 )
@@ -43,7 +44,7 @@ val_dataloader = dict(
         data_root=data_root,
         split='test',
         test_mode=True,
-        download=False,
+        download=True,
         pipeline=test_pipeline),
     sampler=dict(type='DefaultSampler', shuffle=False),
 )

@@ -4,10 +4,14 @@ The export is a weights-only checkpoint (tensors and plain Python values, so
 stock mmpretrain loads it under torch's ``weights_only=True``) and a config
 that stock mmpretrain builds without mmtolerant installed (unless the model
 itself is made of the plugin's modules, such as the ``SmallConvNet``
-backbone: then the config imports mmtolerant)::
+backbone: then the config imports mmtolerant). The config also holds the
+run's test pipeline and the checkpoint its class names, which is what
+mmpretrain's inference APIs read::
 
-    from mmpretrain.apis import init_model
+    from mmpretrain.apis import ImageClassificationInferencer, init_model
     model = init_model('exported_model.py', 'exported_model.pth')
+    inferencer = ImageClassificationInferencer(
+        'exported_model.py', pretrained='exported_model.pth')
 """
 import copy
 import os
@@ -102,6 +106,15 @@ def _walk_dicts(cfg):
             yield from _walk_dicts(v)
 
 
+def test_pipeline(cfg: Config) -> Optional[list]:
+    """The pipeline of the run's test (else validation) dataset, if it has
+    one of its own."""
+    loader = cfg.get('test_dataloader') or cfg.get('val_dataloader') or {}
+    dataset = loader.get('dataset') if isinstance(loader, dict) else None
+    pipeline = dataset.get('pipeline') if isinstance(dataset, dict) else None
+    return copy.deepcopy(list(pipeline)) if pipeline else None
+
+
 def _plain_meta(dataset_meta: Optional[dict]) -> Dict[str, Any]:
     meta: Dict[str, Any] = {}
     if dataset_meta and dataset_meta.get('classes') is not None:
@@ -134,6 +147,11 @@ def export_plain_model(cfg: Config,
     atomic_torch_save(dict(meta=meta, state_dict=state_dict), ckpt_path)
     model_cfg = plain_model_cfg(cfg)
     exported = dict(model=model_cfg, default_scope='mmpretrain')
+    pipeline = test_pipeline(cfg)
+    if pipeline is not None:
+        # What mmpretrain's inferencers read: the test pipeline alone (no
+        # dataset, so nothing of the training data is needed to predict).
+        exported['test_dataloader'] = dict(dataset=dict(pipeline=pipeline))
     if plugin_modules(model_cfg):
         # A model built from the plugin's own modules (not only its
         # losses, which the export replaces) needs the plugin to be built.
