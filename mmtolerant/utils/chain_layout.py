@@ -80,5 +80,9 @@ class ChainLayout:
                       key=osp.getmtime)
 
     def stale_tmp_files(self, m: int) -> List[str]:
-        """Half-written files of a killed write in generation m's folder."""
-        return glob.glob(osp.join(self.gen_dir(m), f'*{TMP_MARK}*'))
+        """Half-written files of a killed write in generation m's folder
+        and in the chain's own (its report)."""
+        return [
+            path for folder in (self.work_dir, self.gen_dir(m))
+            for path in glob.glob(osp.join(folder, f'*{TMP_MARK}*'))
+        ]

@@ -316,3 +316,23 @@ def test_chain_killed_anywhere_resumes_to_the_same_result(
     assert records == ref_records
     for ours, ref in zip(exported, ref_exported):
         assert_same_weights(ours, ref)
+
+
+def test_a_resume_clears_half_written_files_of_the_killed_run(chain,
+                                                              tmp_path):
+    """A kill while the report's plot was drawn beside the next generation,
+    or while a checkpoint was written, leaves a temporary file: never read,
+    and removed when the chain resumes."""
+    work_dir, _ = chain
+    copy = tmp_path / 'copy'
+    shutil.copytree(work_dir, copy)
+    (copy / 'gen_2' / 'generation.json').unlink()
+    stale = [copy / 'generations.png.tmp-999999.png',
+             copy / 'gen_2' / 'epoch_2.pth.tmp-999999']
+    for path in stale:
+        path.write_bytes(b'half')
+    runner = GenerationRunner.from_cfg(chain_cfg(copy, resume=True))
+    plan = plan_chain(runner.layout, runner.generation_cfgs, runner.settings,
+                      resume=True, config=CHAIN)
+    assert plan.finished == [0, 1]
+    assert not any(path.exists() for path in stale)

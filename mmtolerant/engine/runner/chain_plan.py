@@ -47,7 +47,8 @@ def plan_chain(layout: ChainLayout, cfgs: List[Config],
     ]
     plan = ChainPlan(finished=finished)
     if resume and plan.first <= settings.num_generations:
-        # Half-written files of a killed write are never read; clear them.
+        # Half-written files of a killed write (a checkpoint, the report's
+        # plot drawn beside the next generation) are never read; clear them.
         for stale in layout.stale_tmp_files(plan.first):
             os.remove(stale)
         plan.resume_from = latest_checkpoint(layout, plan.first)
