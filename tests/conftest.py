@@ -78,6 +78,21 @@ def rng_states():
             torch.get_rng_state())
 
 
+def config_with_hook(folder, base: str, source: str, hook: str) -> str:
+    """A config file in ``folder`` that inherits ``base`` and adds the
+    hook ``hook`` (e.g. ``"dict(type='KillHook')"``) defined by the Python
+    ``source``, written beside it as ``test_hook.py`` (a run imports it
+    with ``folder`` on its PYTHONPATH)."""
+    with open(osp.join(folder, 'test_hook.py'), 'w') as f:
+        f.write(source)
+    path = osp.join(folder, 'with_hook.py')
+    with open(path, 'w') as f:
+        f.write(f'_base_ = [{base!r}]\n'
+                "custom_imports = dict(imports=['mmtolerant', 'test_hook'])\n"
+                f'custom_hooks = [{hook}]\n')
+    return path
+
+
 def train(cfg: Config):
     from mmengine.runner import Runner
     runner = Runner.from_cfg(cfg)

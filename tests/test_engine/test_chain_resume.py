@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from conftest import (CHAIN, REPO, assert_same_weights, chain_cfg,
-                      run_tool, weights)
+                      config_with_hook, run_tool, weights)
 from mmtolerant.engine.runner import GenerationRunner
 from mmtolerant.engine.runner.chain_plan import plan_chain
 
@@ -286,12 +286,8 @@ def uninterrupted(tmp_path_factory, python_exe=None):
 ])
 def test_chain_killed_anywhere_resumes_to_the_same_result(
         uninterrupted, tmp_path, python, kill_at):
-    (tmp_path / 'killer.py').write_text(KILLER)
-    killing = tmp_path / 'killing_chain.py'
-    killing.write_text(
-        f'_base_ = [{CHAIN!r}]\n'
-        "custom_imports = dict(imports=['mmtolerant', 'killer'])\n"
-        "custom_hooks = [dict(type='KillHook')]\n")
+    killing = config_with_hook(tmp_path, CHAIN, KILLER,
+                               "dict(type='KillHook')")
     work_dir = tmp_path / 'chain'
     env = {'KILL_AT': kill_at, 'PYTHONPATH': f'{tmp_path}{os.pathsep}{REPO}'}
     run_chain(killing, work_dir, python, env, expect=-9)

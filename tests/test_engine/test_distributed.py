@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from conftest import (CHAIN, FASHION_MNIST, REPO, assert_same_weights,
-                      exported_model_probs, run_tool, weights)
+                      config_with_hook, exported_model_probs, run_tool,
+                      weights)
 from mmtolerant.utils import safe_torch_load
 
 
@@ -219,12 +220,8 @@ FAILING_RANK = textwrap.dedent("""
 @pytest.mark.slow
 def test_one_ranks_failure_stops_the_ddp_chain_with_its_error(
         tmp_path, python):
-    (tmp_path / 'failing.py').write_text(FAILING_RANK)
-    config = tmp_path / 'failing_chain.py'
-    config.write_text(
-        f'_base_ = [{CHAIN!r}]\n'
-        "custom_imports = dict(imports=['mmtolerant', 'failing'])\n"
-        "custom_hooks = [dict(type='FailOnRank1Hook')]\n")
+    config = config_with_hook(tmp_path, CHAIN, FAILING_RANK,
+                              "dict(type='FailOnRank1Hook')")
     proc = run_tool(
         [
             'bash', 'tools/dist_train.sh',

@@ -12,7 +12,7 @@ from mmengine.runner import load_checkpoint
 from mmengine.utils import digit_version
 from mmpretrain.registry import MODELS
 
-from conftest import REPO, digits_cfg, run_tool
+from conftest import REPO, config_with_hook, digits_cfg, run_tool
 from mmtolerant.utils import CheckpointLoadError, safe_torch_load
 
 
@@ -144,13 +144,9 @@ KILLER = textwrap.dedent("""
 @pytest.mark.slow
 def test_run_killed_after_an_epoch_resumes_from_its_last_checkpoint(
         digits_teacher, tmp_path, python):
-    (tmp_path / 'killer_hook.py').write_text(KILLER)
     student = osp.join(REPO, 'configs', 'digits', 'student_r18t_digits.py')
-    killing = tmp_path / 'killing_student.py'
-    killing.write_text(
-        f'_base_ = [{student!r}]\n'
-        "custom_imports = dict(imports=['mmtolerant', 'killer_hook'])\n"
-        "custom_hooks = [dict(type='KillAfterEpochHook', epoch=1)]\n")
+    killing = config_with_hook(tmp_path, student, KILLER,
+                               "dict(type='KillAfterEpochHook', epoch=1)")
     work_dir = tmp_path / 'run'
     options = [
         '--work-dir',
