@@ -11,6 +11,15 @@ def read_version():
     return namespace['__version__']
 
 
+def read_requirements(name):
+    """The requirement lines of ``requirements/<name>`` (comments and
+    blank lines left out)."""
+    path = osp.join(osp.dirname(__file__), 'requirements', name)
+    with open(path) as f:
+        lines = (line.split('#', 1)[0].strip() for line in f)
+        return [line for line in lines if line]
+
+
 with open(osp.join(osp.dirname(__file__), 'README.md'), encoding='utf-8') as f:
     long_description = f.read()
 
@@ -25,24 +34,15 @@ setup(
     python_requires='>=3.10',
     packages=find_packages(include=['mmtolerant', 'mmtolerant.*']),
     include_package_data=True,
-    # Ranges, not pins: GPU machines ship their own torch. torch >= 2.6 is
-    # required because the plugin keeps checkpoint loading on
-    # ``weights_only=True`` and allow-lists what mmengine writes.
-    install_requires=[
-        'torch>=2.6,<2.15',
-        'torchvision>=0.21,<0.30',
-        # mmengine imports pkg_resources, which setuptools 81 removed.
-        'setuptools<81',
-        'mmengine>=0.10.7,<0.11',
-        # mmcv is not listed: mmcv-lite and a full mmcv install the same
-        # `mmcv` package, and users of OpenMMLab often have a full one. The
-        # README's install command adds mmcv-lite (enough for classifiers).
-        'mmpretrain>=1.2.0,<1.3',
-        'numpy',
-        'scikit-learn>=1.0',
-        'matplotlib',
-    ],
-    extras_require={'tests': ['pytest>=7']},
+    # Ranges, not pins: GPU machines ship their own torch (requirements/
+    # runtime.txt says why each bound is there).
+    install_requires=read_requirements('runtime.txt'),
+    extras_require={
+        'tests': read_requirements('tests.txt'),
+        # A full mmcv, for `mim install -e .` users (mim reads
+        # requirements/mminstall.txt itself).
+        'mim': read_requirements('mminstall.txt'),
+    },
     classifiers=[
         'Programming Language :: Python :: 3',
         'Topic :: Scientific/Engineering :: Artificial Intelligence',
