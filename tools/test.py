@@ -3,7 +3,10 @@
 Checkpoints load with ``weights_only=True``: nothing in the file can run
 code. For a ``DistillImageClassifier`` config the student is evaluated (its
 checkpoint holds the student only); add ``TeacherAccuracy`` to the evaluator
-to report the teacher too.
+to report the teacher too. For a chain config (``runner_type =
+'GenerationRunner'``) the checkpoint is tested as its generation's model, and
+without a checkpoint the chain's handed-on last generation is tested
+(``GenerationRunner.test``, which mmpretrain's own tools/test.py calls).
 """
 import argparse
 import json
@@ -13,6 +16,7 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 import mmtolerant  # noqa: F401  (registers modules and the safe loader)
+from mmtolerant.engine.runner import GenerationRunner
 from mmtolerant.utils.distributed import (cpu_ddp_cfg, end_distributed,
                                           init_distributed)
 from mmtolerant.utils.config import (add_flags, merge_cfg_options,
@@ -22,7 +26,10 @@ from mmtolerant.utils.config import (add_flags, merge_cfg_options,
 def parse_args():
     parser = argparse.ArgumentParser(description='Test (evaluate) a model')
     parser.add_argument('config', help='test config file path')
-    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument(
+        'checkpoint', nargs='?',
+        help='checkpoint file; for a chain config, leave it out to test the '
+        "chain's handed-on last generation")
     parser.add_argument(
         '--work-dir', help='the directory to save the evaluation log')
     parser.add_argument(
@@ -53,12 +60,28 @@ def parse_args():
     return parse_run_args(parser)
 
 
+def is_chain(cfg) -> bool:
+    return str(cfg.get('runner_type', '')).split('.')[-1] == \
+        'GenerationRunner'
+
+
 def main():
     args = parse_args()
-    if not osp.isfile(args.checkpoint):
+    if args.checkpoint is not None and not osp.isfile(args.checkpoint):
         raise SystemExit(f'checkpoint {args.checkpoint!r} does not exist')
     cfg = Config.fromfile(args.config)
     cfg = merge_cfg_options(cfg, args.cfg_options)
+    cfg.launcher = args.launcher
+    set_work_dir(cfg, args.work_dir, args.config)
+    cfg.load_from = args.checkpoint
+    cfg.resume = False
+    if is_chain(cfg):
+        # The chain's test of the checkpoint, as stock tools/test.py runs
+        # it through GenerationRunner.test.
+        cfg = GenerationRunner(cfg).test_cfg()
+    elif args.checkpoint is None:
+        raise SystemExit(f'{args.config} is not a chain config: give the '
+                         'checkpoint to test')
     # An export's test_dataloader holds the test pipeline alone.
     has_data = ((cfg.get('test_dataloader') or {}).get('dataset')
                 or {}).get('type') is not None
@@ -74,10 +97,6 @@ def main():
             'that trained the model: tools/test.py CHAIN_CONFIG '
             f'{args.checkpoint} (an exported_model.pth loads into the '
             "chain config's model).")
-    cfg.launcher = args.launcher
-    set_work_dir(cfg, args.work_dir, args.config)
-    cfg.load_from = args.checkpoint
-    cfg.resume = False
     if args.no_pin_memory:
         cfg.test_dataloader.pin_memory = False
     if args.amp:
@@ -106,7 +125,7 @@ def main():
         ]
     # Testing needs neither the training data nor the optimiser.
     for key in ('train_dataloader', 'train_cfg', 'optim_wrapper',
-                'param_scheduler'):
+                'param_scheduler', 'auto_scale_lr'):
         cfg.pop(key, None)
 
     cpu_ddp_cfg(cfg)

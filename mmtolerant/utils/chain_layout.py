@@ -13,7 +13,7 @@ import glob
 import os
 import os.path as osp
 import re
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 from .fileio import TMP_MARK
 
@@ -56,6 +56,12 @@ class ChainLayout:
         """A file of generation m (``EXPORT_*``, ``PREDICTIONS``,
         ``GENERATION_FILE``)."""
         return osp.join(self.gen_dir(m), name)
+
+    def generation_of(self, path: str) -> Optional[int]:
+        """m when ``path`` lies in ``gen_<m>/`` of this work_dir."""
+        rel = osp.relpath(osp.abspath(path), self.work_dir)
+        match = re.match(r'gen_(\d+)' + re.escape(os.sep), rel)
+        return int(match.group(1)) if match else None
 
     def existing(self) -> List[int]:
         """The generations that have a folder."""

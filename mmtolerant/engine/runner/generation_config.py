@@ -78,6 +78,33 @@ def generation_cfg(chain_cfg: Config, settings: GenerationSettings,
     return cfg
 
 
+def generation_test_cfg(gen_cfg: Config, chain_cfg: Config,
+                        checkpoint: str) -> Config:
+    """The config that tests ``checkpoint`` as generation ``gen_cfg``'s
+    model, the way stock ``tools/test.py`` tests a run: the plain
+    classifier (a student's checkpoint holds the student alone, an export
+    the same weights), the chain config's own evaluators and hooks, the
+    test's logs in the chain's work_dir."""
+    cfg = copy.deepcopy(gen_cfg)
+    cfg.model = plain_classifier_cfg(cfg.model)
+    for key in ('val_evaluator', 'test_evaluator'):
+        if chain_cfg.get(key) is not None:
+            cfg[key] = copy.deepcopy(chain_cfg[key])
+    cfg.custom_hooks = [
+        h for h in (cfg.get('custom_hooks') or [])
+        if h.get('type') not in CHAIN_HOOKS
+    ]
+    cfg.work_dir = ChainLayout(chain_cfg.work_dir).work_dir
+    cfg.pop('experiment_name', None)
+    cfg.load_from = checkpoint
+    cfg.resume = False
+    # Testing needs neither the training data nor the optimiser.
+    for key in ('train_dataloader', 'train_cfg', 'optim_wrapper',
+                'param_scheduler', 'auto_scale_lr'):
+        cfg.pop(key, None)
+    return cfg
+
+
 def generation_role(settings: GenerationSettings, m: int,
                     head_loss: dict) -> str:
     loss = loss_name(head_loss)

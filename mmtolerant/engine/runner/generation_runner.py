@@ -16,12 +16,12 @@ from mmpretrain.registry import RUNNERS
 from mmtolerant.evaluation.generation_report import (plot_report,
                                                      render_markdown,
                                                      write_report)
-from mmtolerant.utils.chain_layout import (GENERATION_FILE, REPORT_MD,
-                                           ChainLayout)
+from mmtolerant.utils.chain_layout import (EXPORT_CKPT, GENERATION_FILE,
+                                           REPORT_MD, ChainLayout)
 from mmtolerant.utils.distributed import agree, init_distributed
 from .chain_plan import ChainPlan, plan_chain
 from .generation_config import (check_cache_input, check_generation_cfgs,
-                                generation_cfgs)
+                                generation_cfgs, generation_test_cfg)
 from .generation_settings import GenerationSettings
 
 
@@ -55,6 +55,11 @@ class GenerationRunner:
 
     After each generation, ``generations.json``, ``generations.md`` and
     ``generations.png`` in the work_dir report every generation so far.
+
+    :meth:`test` tests a model of the chain the way stock ``tools/test.py``
+    (mmpretrain's, which builds this runner from ``runner_type``, or ours)
+    asks: the checkpoint in ``load_from``, else the handed-on last
+    generation.
     """
 
     def __init__(self, cfg: Config):
@@ -64,13 +69,8 @@ class GenerationRunner:
         self.settings = GenerationSettings.from_cfg(cfg.get('generations'))
         if cfg.get('work_dir') is None:
             raise ValueError('GenerationRunner needs a work_dir')
-        if cfg.get('load_from'):
-            raise ValueError(
-                'a chain resumes from its own work_dir: use --resume without '
-                f'a path (got load_from={cfg.load_from!r}); to start a '
-                "generation from weights, use generations.overrides, e.g. "
-                "{0: {'model.init_cfg': dict(type='Pretrained', "
-                "checkpoint=...)}}")
+        # A test's checkpoint (stock tools/test.py); training refuses it.
+        self.load_from = cfg.get('load_from')
         self.layout = ChainLayout(cfg.work_dir)
         self.launcher = cfg.get('launcher', 'none')
         self.resume = bool(cfg.get('resume', False))
@@ -79,6 +79,7 @@ class GenerationRunner:
         check_generation_cfgs(self.generation_cfgs, self.settings)
         self.records: List[dict] = []
         self._plotter = None
+        self._test_runner = None
 
     @classmethod
     def from_cfg(cls, cfg: Config) -> 'GenerationRunner':
@@ -101,6 +102,13 @@ class GenerationRunner:
     def train(self) -> List[dict]:
         """Train the generations not finished yet; returns every
         generation's record."""
+        if self.load_from:
+            raise ValueError(
+                'a chain resumes from its own work_dir: use --resume without '
+                f'a path (got load_from={self.load_from!r}); to start a '
+                "generation from weights, use generations.overrides, e.g. "
+                "{0: {'model.init_cfg': dict(type='Pretrained', "
+                "checkpoint=...)}}")
         init_distributed(self.launcher,
                          (self.cfg.get('env_cfg') or {}).get('dist_cfg'))
         plan = self._agreed_plan()
@@ -124,6 +132,55 @@ class GenerationRunner:
                  f'(this process); report in {self.layout.path(REPORT_MD)}\n'
                  + render_markdown(self.records, self.title))
         return self.records
+
+    def test(self) -> dict:
+        """Test a model of the chain on the config's test set, as stock
+        ``tools/test.py CONFIG CHECKPOINT`` (and ``mim test``) asks: the
+        given checkpoint (``load_from``), as the model of the generation
+        whose folder holds it (else of the last generation); without one,
+        the last generation's handed-on export. Returns the metrics."""
+        return self.test_runner.test()
+
+    @property
+    def test_evaluator(self):
+        """The test's evaluator (stock ``tools/test.py --out`` adds its
+        ``DumpResults`` here before it calls :meth:`test`)."""
+        return self.test_runner.test_evaluator
+
+    @property
+    def test_runner(self) -> Runner:
+        """The ordinary MMEngine runner that :meth:`test` runs."""
+        if self._test_runner is None:
+            cfg = self.test_cfg()
+            init_distributed(self.launcher,
+                             (cfg.get('env_cfg') or {}).get('dist_cfg'))
+            self._test_runner = Runner.from_cfg(cfg)
+        return self._test_runner
+
+    def test_cfg(self) -> Config:
+        """The config of :meth:`test`'s run: an ordinary mmpretrain test
+        config of the tested generation."""
+        checkpoint = self.load_from or self._handed_on_model()
+        m = self.layout.generation_of(checkpoint)
+        if m is None or m > self.num_generations:
+            m = self.num_generations
+        return generation_test_cfg(self.generation_cfgs[m], self.cfg,
+                                   checkpoint)
+
+    def _handed_on_model(self) -> str:
+        last = self.num_generations
+        if not self.layout.is_finished(last):
+            finished = [
+                m for m in self.layout.existing()
+                if self.layout.is_finished(m)
+            ]
+            raise FileNotFoundError(
+                f'no checkpoint to test: the chain in {self.work_dir} has '
+                f'not finished its last generation {last} (finished: '
+                f'{finished or "none"}). Give a checkpoint (e.g. '
+                'gen_<m>/exported_model.pth) or finish the chain with '
+                'tools/train.py CONFIG --resume.')
+        return self.layout.gen_file(last, EXPORT_CKPT)
 
     def _agreed_plan(self) -> ChainPlan:
         """Rank 0 plans (it reads and writes the work_dir); every rank
