@@ -6,10 +6,10 @@ plugin's losses, classifiers, datasets, metrics, hooks and runners in
 mmpretrain's and MMEngine's registries, and extends MMEngine where it is
 meant to be extended:
 
-- MMEngine's checkpoint loader for local paths becomes a weights-only one
-  that allow-lists the few globals MMEngine writes (torch >= 2.6 refuses
-  MMEngine's own checkpoints otherwise; see
-  :mod:`mmtolerant.utils.checkpoint`);
+- MMEngine's checkpoint loaders for local paths and http(s) URLs become
+  weights-only ones that allow-list the few globals MMEngine writes (torch
+  >= 2.6 refuses MMEngine's own checkpoints otherwise, and MMEngine loads
+  URLs with ``weights_only=False``; see :mod:`mmtolerant.utils.checkpoint`);
 - a file backend ``atomic_local`` is registered (checkpoints written
   through a temporary file and a rename; see :mod:`mmtolerant.utils.fileio`).
 

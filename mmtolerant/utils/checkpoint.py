@@ -1,25 +1,32 @@
 """Checkpoint loading that never executes code from the file.
 
 torch >= 2.6 loads with ``weights_only=True``: only tensors, containers and
-allow-listed globals are accepted, so a crafted pickle cannot run code. MMEngine
-0.10.7 writes a few globals into its own checkpoints (the message hub's
-``HistoryBuffer`` and numpy arrays/scalars in the logged statistics), so its
-``load_checkpoint``/``resume`` break on them. Rather than turning
+allow-listed globals are accepted, so a crafted pickle cannot run code.
+MMEngine 0.10.7 writes a few globals into its own checkpoints (the message
+hub's ``HistoryBuffer`` and numpy arrays/scalars in the logged statistics),
+so its ``load_checkpoint``/``resume`` break on them. Rather than turning
 ``weights_only`` off, this module allow-lists exactly those globals and
-registers a loader for local paths that uses them (:func:`register_safe_loader`).
+registers loaders for local paths and http(s) URLs that use them
+(:func:`register_safe_loader`). MMEngine's own URL loader goes through
+``torch.hub.load_state_dict_from_url``, which loads with
+``weights_only=False``: a crafted file on a server would run its code.
 """
+import hashlib
+import http.client
 import os
 import os.path as osp
 import pickle
 from typing import Any, Dict, List, Optional
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
+from mmengine.dist import get_dist_info
 from mmengine.logging import HistoryBuffer
 
 __all__ = [
     'CheckpointLoadError', 'safe_globals_for_mmengine', 'safe_torch_load',
-    'register_safe_loader', 'extract_state_dict'
+    'download_checkpoint', 'register_safe_loader', 'extract_state_dict'
 ]
 
 
@@ -73,8 +80,16 @@ def safe_globals_for_mmengine() -> List[Any]:
             ] + _numpy_globals()
 
 
-def safe_torch_load(filename: str, map_location: Any = 'cpu') -> Any:
-    """``torch.load`` with ``weights_only=True`` and MMEngine's globals allowed.
+def safe_torch_load(filename: str,
+                    map_location: Any = 'cpu',
+                    source: Optional[str] = None) -> Any:
+    """``torch.load`` with ``weights_only=True``, MMEngine's globals allowed.
+
+    Args:
+        filename (str): The local file.
+        map_location: As in ``torch.load``. Defaults to ``'cpu'``.
+        source (str, optional): Where the file was downloaded from, named
+            in errors before the file.
 
     Raises:
         CheckpointLoadError: the file is missing, unreadable, or holds
@@ -88,12 +103,14 @@ def safe_torch_load(filename: str, map_location: Any = 'cpu') -> Any:
     if not osp.isfile(filename):
         raise CheckpointLoadError(f'checkpoint {filename!r} does not exist '
                                   'or is not a file')
+    shown = repr(filename) if source is None \
+        else f'{source!r} (downloaded to {filename!r})'
     with open(filename, 'rb') as f:
         head = f.read(4)
     # torch.save writes a zip archive (a pickle before torch 1.6).
     if not (head == b'PK\x03\x04' or head[:1] == b'\x80'):
         raise CheckpointLoadError(
-            f'{filename!r} is not a PyTorch checkpoint: it '
+            f'{shown} is not a PyTorch checkpoint: it '
             + (f'starts with {head!r}' if head else 'is empty')
             + ' (a .pth file written by torch.save was expected; a config '
             'file goes to the config argument)')
@@ -103,32 +120,80 @@ def safe_torch_load(filename: str, map_location: Any = 'cpu') -> Any:
                 filename, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointLoadError(
-            f'refused to load checkpoint {filename!r}: it holds objects that '
+            f'refused to load checkpoint {shown}: it holds objects that '
             'are not plain weights (loading it would execute code from the '
             f'file). Details: {e}') from None
     except Exception as e:  # truncated file, not a torch file, ...
         raise CheckpointLoadError(
-            f'could not read checkpoint {filename!r}: '
+            f'could not read checkpoint {shown}: '
             f'{type(e).__name__}: {e}') from None
 
 
-def _load_from_local(filename: str, map_location: Any = None) -> Any:
+# MMEngine logs a loader's name without its first ten characters
+# ("Loads checkpoint by local_safely backend").
+def load_from_local_safely(filename: str, map_location: Any = None) -> Any:
     filename = osp.expanduser(filename)
     if not osp.isfile(filename):
         raise FileNotFoundError(f'{filename} can not be found.')
     return safe_torch_load(filename, map_location=map_location)
 
 
-def register_safe_loader() -> None:
-    """Make MMEngine load local checkpoints with :func:`safe_torch_load`.
+def download_checkpoint(url: str) -> str:
+    """The local copy of the checkpoint at ``url``, downloaded to torch's
+    hub cache (``$TORCH_HOME/hub/checkpoints/``, where MMEngine's
+    ``load_from_http`` puts it) unless already there. The cached name
+    starts with a digest of the whole URL: two servers' files of one name
+    (every chain's ``exported_model.pth``) never share a copy."""
+    name = osp.basename(urlparse(url).path)
+    if not name:
+        raise CheckpointLoadError(
+            f'checkpoint URL {url!r} does not end in a file name')
+    model_dir = osp.join(torch.hub.get_dir(), 'checkpoints')
+    os.makedirs(model_dir, exist_ok=True)
+    digest = hashlib.sha256(url.encode()).hexdigest()[:12]
+    cached = osp.join(model_dir, f'{digest}-{name}')
+    if not osp.isfile(cached):
+        try:
+            # Written to a temporary file and renamed when complete.
+            torch.hub.download_url_to_file(
+                url, cached, progress=os.isatty(0))
+        except (OSError, ValueError, http.client.HTTPException) as e:
+            raise CheckpointLoadError(
+                f'could not download checkpoint {url!r}: '
+                f'{type(e).__name__}: {e}') from None
+    return cached
 
-    MMEngine dispatches on the path prefix through ``CheckpointLoader``; the
-    empty prefix is the local file loader used by ``load_from``, ``resume``
-    and ``load_checkpoint``.
+
+def load_from_http_safely(url: str, map_location: Any = None) -> Any:
+    """MMEngine's ``load_from_http`` with :func:`safe_torch_load`: rank 0
+    downloads (:func:`download_checkpoint`), the other ranks then read its
+    copy, and every rank loads it weights-only."""
+    rank, world_size = get_dist_info()
+    if rank == 0:
+        cached = download_checkpoint(url)
+    if world_size > 1:
+        torch.distributed.barrier()
+        if rank > 0:
+            cached = download_checkpoint(url)
+    return safe_torch_load(cached, map_location=map_location, source=url)
+
+
+def register_safe_loader() -> None:
+    """Make MMEngine load local and http(s) checkpoints with
+    :func:`safe_torch_load`.
+
+    MMEngine dispatches on the path prefix through ``CheckpointLoader``, for
+    ``load_from``, ``resume``, ``load_checkpoint`` and ``init_cfg=dict(
+    type='Pretrained')``: the empty prefix is the local file loader,
+    ``http://`` and ``https://`` the download one.
     """
     from mmengine.runner.checkpoint import CheckpointLoader
     CheckpointLoader.register_scheme(
-        prefixes='', loader=_load_from_local, force=True)
+        prefixes='', loader=load_from_local_safely, force=True)
+    CheckpointLoader.register_scheme(
+        prefixes=('http://', 'https://'),
+        loader=load_from_http_safely,
+        force=True)
 
 
 def extract_state_dict(checkpoint: Any,

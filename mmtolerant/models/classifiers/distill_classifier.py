@@ -43,10 +43,14 @@ class DistillImageClassifier(ImageClassifier):
     Args:
         backbone, neck, head, pretrained, train_cfg, data_preprocessor,
         init_cfg: As in mmpretrain's ``ImageClassifier``.
-        teacher (dict): ``config`` (path, Config, or model dict) and
-            ``checkpoint`` (path) of the teacher, optionally ``cfg_options``
-            applied to the teacher's model config. Same classes as the
-            student, any architecture.
+        teacher (dict): ``config`` (path, ``'mmpretrain::...'`` config,
+            Config, or model dict) and ``checkpoint`` (path or http(s) URL,
+            loaded weights-only) of the teacher, or ``model_name`` (a model
+            of ``mmpretrain.list_models()``: its config, and its published
+            weights unless ``checkpoint`` is given); optionally
+            ``cfg_options`` applied to the teacher's model config. Same
+            classes as the student, any architecture. See
+            :class:`FrozenTeacher`.
         lam (float): :math:`\lambda` in [0, 1], the weight of the head's
             loss; the distillation loss gets :math:`1-\lambda`.
             Defaults to 0.5.

@@ -1,11 +1,11 @@
 """The frozen teacher of a distillation: a trained classifier that only
-gives class scores, built from its config and checkpoint and run on the
-student's preprocessed batch."""
+gives class scores, built from its config and checkpoint (or a model of
+mmpretrain's zoo) and run on the student's preprocessed batch."""
 import contextlib
 import copy
 import itertools
 import os
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -43,20 +43,67 @@ def check_teacher_options(owner: str, teacher_autocast=None,
             f'got {teacher_channels_last!r}')
 
 
-def teacher_model_cfg(config, cfg_options: Optional[dict] = None
-                      ) -> ConfigDict:
-    """The teacher's model config from a config path, a Config with a
-    ``model`` (and its ``data_preprocessor``) or a model dict, with
-    ``cfg_options`` (keys relative to the model, e.g.
-    ``{'head.num_classes': 100}``) merged in. A distillation config gives
-    its student alone, and nothing pretrained is downloaded: the weights
-    come from the teacher's checkpoint."""
-    if isinstance(config, (str, os.PathLike)):
-        path = os.fspath(config)
+def teacher_config_file(config: Union[str, os.PathLike]) -> str:
+    """The file of a teacher config path: a local file, or a config of an
+    installed package given as in a ``_base_``
+    (``'mmpretrain::resnet/resnet18_8xb16_cifar10.py'``), which is found
+    where MMEngine finds it there. (``mmengine.hub.get_config`` finds it
+    the same way, but pip-installs a package that is missing.)"""
+    path = os.fspath(config)
+    if '::' not in path:
         if not os.path.isfile(path):
             raise FileNotFoundError(
                 f'teacher config {path!r} does not exist')
-        config = Config.fromfile(path)
+        return path
+    try:
+        return Config._get_cfg_path(path, '')[0]
+    except FileNotFoundError as e:
+        raise FileNotFoundError(
+            f'teacher config {path!r} is not a config of the installed '
+            f'package ({e})') from None
+    except (ValueError, AssertionError, KeyError, ImportError) as e:
+        raise ValueError(
+            f'teacher config {path!r} is not a package config MMEngine can '
+            f'find ({e}); expected e.g. '
+            "'mmpretrain::resnet/resnet18_8xb16_cifar10.py'") from None
+
+
+def zoo_teacher(model_name: str,
+                checkpoint: Optional[str] = None) -> Tuple[Config, str]:
+    """The config of the model ``model_name`` of mmpretrain's zoo (a name
+    of ``mmpretrain.list_models()``, as ``mmpretrain.get_model`` takes it)
+    and its checkpoint: ``checkpoint`` when given, else the URL of the
+    model's published weights, read from mmpretrain's ``ModelHub``."""
+    from mmpretrain.apis.model import ModelHub
+    if not isinstance(model_name, str):
+        raise TypeError('teacher.model_name must be a model name of '
+                        f'mmpretrain.list_models(), got {model_name!r}')
+    try:
+        metainfo = ModelHub.get(model_name)
+    except ValueError:
+        raise ValueError(
+            f'teacher.model_name {model_name!r} is not a model of '
+            "mmpretrain's zoo; mmpretrain.list_models() lists them, "
+            "e.g. mmpretrain.list_models('*cifar*')") from None
+    if checkpoint is None:
+        checkpoint = metainfo.weights
+        if checkpoint is None:
+            raise CheckpointLoadError(
+                f'teacher.model_name {model_name!r} has no published '
+                'weights in mmpretrain\'s zoo: give teacher.checkpoint')
+    return metainfo.config, checkpoint
+
+
+def teacher_model_cfg(config, cfg_options: Optional[dict] = None
+                      ) -> ConfigDict:
+    """The teacher's model config from a config path (see
+    :func:`teacher_config_file`), a Config with a ``model`` (and its
+    ``data_preprocessor``) or a model dict, with ``cfg_options`` (keys
+    relative to the model, e.g. ``{'head.num_classes': 100}``) merged in. A
+    distillation config gives its student alone, and nothing pretrained is
+    downloaded: the weights come from the teacher's checkpoint."""
+    if isinstance(config, (str, os.PathLike)):
+        config = Config.fromfile(teacher_config_file(config))
     if isinstance(config, (Config, dict)) and 'model' in config:
         model = ConfigDict(copy.deepcopy(dict(config['model'])))
         if config.get('data_preprocessor') is not None:
@@ -81,24 +128,28 @@ def teacher_model_cfg(config, cfg_options: Optional[dict] = None
 
 
 def load_teacher_weights(model: nn.Module, checkpoint) -> None:
-    """Load the local file ``checkpoint`` into ``model``, every weight of
-    it and nothing else.
+    """Load ``checkpoint``, a local file or an http(s) URL, into ``model``,
+    every weight of it and nothing else.
 
     The file is read by MMEngine's checkpoint loader, which ``import
-    mmtolerant`` makes weights-only (nothing in the file can execute code).
-    The strict comparison is ours rather than ``load_checkpoint(strict=
-    True)``'s, which raises on rank 0 only and lets other ranks go on with
-    a half-loaded teacher.
+    mmtolerant`` makes weights-only (nothing in the file can execute code);
+    a URL is downloaded to torch's hub cache first (``$TORCH_HOME/hub/
+    checkpoints``, as MMEngine does) and read the same way. The strict
+    comparison is ours rather than ``load_checkpoint(strict=True)``'s,
+    which raises on rank 0 only and lets other ranks go on with a
+    half-loaded teacher.
     """
     if checkpoint is None:
         raise CheckpointLoadError('teacher.checkpoint is required: a frozen '
                                   'teacher without trained weights teaches '
                                   'nothing')
-    if not isinstance(checkpoint, (str, os.PathLike)) \
-            or not os.path.isfile(checkpoint):
+    is_url = isinstance(checkpoint, str) \
+        and checkpoint.startswith(('http://', 'https://'))
+    if not is_url and (not isinstance(checkpoint, (str, os.PathLike))
+                       or not os.path.isfile(checkpoint)):
         raise CheckpointLoadError(
             f'teacher checkpoint {checkpoint!r} does not exist or is not a '
-            'file')
+            'file (a local file or an http(s) URL was expected)')
     checkpoint = os.fspath(checkpoint)
     state_dict = extract_state_dict(
         _load_checkpoint(checkpoint, map_location='cpu', logger='current'),
@@ -151,9 +202,16 @@ class FrozenTeacher(nn.Module):
     own ``_apply`` (``.to()``, ``.cuda()``).
 
     Args:
-        config: The teacher's config file path, Config or model dict.
-        checkpoint (str): The teacher's weights, a local file written by
-            ``torch.save`` (a state dict or an MMEngine checkpoint).
+        config: The teacher's config: a file path, a config of an installed
+            package as in a ``_base_`` (``'mmpretrain::resnet/
+            resnet18_8xb16_cifar10.py'``), a Config or a model dict. None
+            with ``model_name``.
+        checkpoint (str): The teacher's weights, written by ``torch.save``
+            (a state dict or an MMEngine checkpoint): a local file or an
+            ``http(s)://`` URL, downloaded to torch's hub cache
+            (``$TORCH_HOME/hub/checkpoints``, reused when a file of that
+            name is there). Either is loaded weights-only: a file that would
+            run code is refused. Optional with ``model_name``.
         cfg_options (dict, optional): Applied to the teacher's model config.
         teacher_autocast (str, optional): Run the forward pass under
             ``torch.autocast`` in ``'bfloat16'`` or ``'float16'`` even when
@@ -182,18 +240,31 @@ class FrozenTeacher(nn.Module):
             feature map, such as mmpretrain's ``LinearNeck`` on a 4-D map),
             which then runs again, and from then on, in NCHW (logged).
             True: channels-last or an error; False: NCHW.
+        model_name (str, optional): Instead of ``config``, a model of
+            mmpretrain's zoo by the name that ``mmpretrain.get_model`` takes
+            (one of ``mmpretrain.list_models()``, e.g.
+            ``'resnet18_8xb16_cifar10'``): its config, and unless
+            ``checkpoint`` is given, its published weights (a URL, loaded
+            as above, not by ``get_model``). Defaults to None.
     """
 
     def __init__(self,
-                 config,
-                 checkpoint: str,
+                 config=None,
+                 checkpoint: Optional[str] = None,
                  cfg_options: Optional[dict] = None,
                  teacher_autocast: Optional[str] = None,
                  teacher_compile: Union[bool, dict] = False,
-                 teacher_channels_last: Optional[bool] = None):
+                 teacher_channels_last: Optional[bool] = None,
+                 model_name: Optional[str] = None):
         super().__init__()
         check_teacher_options('FrozenTeacher', teacher_autocast,
                               teacher_compile, teacher_channels_last)
+        if (config is None) == (model_name is None):
+            raise ValueError(
+                'the teacher needs exactly one of config and model_name, '
+                f'got config={config!r}, model_name={model_name!r}')
+        if model_name is not None:
+            config, checkpoint = zoo_teacher(model_name, checkpoint)
         self.model = MODELS.build(teacher_model_cfg(config, cfg_options))
         load_teacher_weights(self.model, checkpoint)
         self.requires_grad_(False)
@@ -213,15 +284,20 @@ class FrozenTeacher(nn.Module):
     @classmethod
     def from_cfg(cls, cfg: dict, **options) -> 'FrozenTeacher':
         """The teacher of a distiller's ``teacher=dict(config, checkpoint,
+        cfg_options=None)`` or ``teacher=dict(model_name, checkpoint=None,
         cfg_options=None)``, with ``options`` (``teacher_autocast``...)."""
-        if not isinstance(cfg, dict) or 'config' not in cfg \
-                or 'checkpoint' not in cfg:
+        if not isinstance(cfg, dict) or not (
+                'config' in cfg and 'checkpoint' in cfg
+                or 'model_name' in cfg):
             raise ValueError('teacher must be a dict with `config` and '
-                             f'`checkpoint`, got {cfg!r}')
-        unknown = set(cfg) - {'config', 'checkpoint', 'cfg_options'}
+                             '`checkpoint`, or with `model_name` (a model '
+                             f'of mmpretrain.list_models()), got {cfg!r}')
+        unknown = set(cfg) - {
+            'config', 'checkpoint', 'cfg_options', 'model_name'}
         if unknown:
             raise ValueError(f'unknown teacher keys {sorted(unknown)} '
-                             '(known: config, checkpoint, cfg_options)')
+                             '(known: config, checkpoint, cfg_options, '
+                             'model_name)')
         return cls(**cfg, **options)
 
     def train(self, mode: bool = True) -> 'FrozenTeacher':
