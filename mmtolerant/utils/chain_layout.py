@@ -3,6 +3,8 @@
     work_dir/
         chain.json                 what each generation is trained under
         generations.json/.md/.png  the report of the generations so far
+        vis_data/                  the report's numbers for the visualizer
+                                   backends (engine/runner/chain_visualizer)
         gen_<m>/                   generation m: an ordinary MMEngine run
             epoch_<n>.pth, iter_<n>.pth, best_*.pth, <timestamp>/ (logs)
             exported_model.pth/.py the handed-on model, as stock mmpretrain

@@ -1,6 +1,5 @@
-import datetime
 import time
-from typing import Sequence
+from typing import Optional, Sequence
 
 from mmengine.hooks import Hook
 from mmpretrain.registry import HOOKS
@@ -8,63 +7,75 @@ from mmpretrain.registry import HOOKS
 
 @HOOKS.register_module()
 class ChainProgressHook(Hook):
-    """Logs which generation of a chain is training and the chain's ETA.
+    """Puts the chain's place and ETA into MMEngine's message hub.
 
-    The GenerationRunner adds it to every generation. The ETA extrapolates
-    the current seconds per iteration to the rest of this generation and to
-    the generations still to come (``later_epochs`` lists their epochs; an
-    epoch is assumed to have as many iterations as here).
+    The GenerationRunner adds it to every generation. After each training
+    iteration it updates the runtime information ``chain/generation``,
+    ``chain/num_generations`` and ``chain/eta_s`` (seconds left in the
+    whole chain), which :class:`ChainLogProcessor` shows once in each
+    ordinary training log line and passes to the visualizer backends.
+
+    The ETA extrapolates this run's wall time per iteration (validation
+    and checkpoints included as they happen) to the rest of this
+    generation and to the generations still to come (``later_epochs``),
+    adding each one's build and finish. Once a student has finished, its
+    measured seconds per epoch (``chain/student_epoch_s``, from the
+    GenerationRunner) prices the later students, whose teacher makes an
+    epoch dearer than the patriarch's.
 
     Args:
         generation (int): This generation's index m.
         num_generations (int): N; the chain is M^0..M^N.
         role (str): What this generation is, for the log.
         later_epochs (Sequence[int]): max_epochs of generations m+1..N.
-        interval (int, optional): Log every this many iterations; defaults
-            to the LoggerHook's interval.
     """
-    priority = 'LOW'  # just after LoggerHook's line
+    priority = 'NORMAL'  # after IterTimerHook, before LoggerHook's line
 
     def __init__(self,
                  generation: int,
                  num_generations: int,
                  role: str = '',
-                 later_epochs: Sequence[int] = (),
-                 interval: int = None):
+                 later_epochs: Sequence[int] = ()):
         self.generation = generation
         self.num_generations = num_generations
         self.role = role
         self.later_epochs = list(later_epochs)
-        self.interval = interval
+        self._past = {}
 
-    def _tag(self) -> str:
-        return f'[chain] generation {self.generation}/{self.num_generations}'
+    def before_run(self, runner) -> None:
+        # What the GenerationRunner told this run (before a resume loads
+        # the message hub of its checkpoint).
+        hub = runner.message_hub
+        self._past = {
+            key: hub.get_info(f'chain/{key}')
+            for key in ('build_time_s', 'finish_time_s', 'student_epoch_s')
+        }
 
     def before_train(self, runner) -> None:
-        if self.interval is None:
-            logger_hook = None
-            for hook in runner.hooks:
-                if type(hook).__name__ == 'LoggerHook':
-                    logger_hook = hook
-            self.interval = getattr(logger_hook, 'interval', 50)
         self._start = time.time()
         self._start_iter = runner.iter
-        runner.logger.info(f'{self._tag()} (M{self.generation}): '
-                           f'{self.role}')
+        runner.logger.info(
+            f'[chain] generation {self.generation}/{self.num_generations} '
+            f'(M{self.generation}): {self.role}')
 
     def chain_eta(self, runner) -> float:
+        """Seconds until the chain's last generation has finished."""
         done = runner.iter + 1 - self._start_iter
         per_iter = (time.time() - self._start) / max(done, 1)
-        iters_per_epoch = len(runner.train_dataloader)
-        remaining = runner.max_iters - runner.iter - 1
-        remaining += sum(self.later_epochs) * iters_per_epoch
-        return per_iter * remaining
+        overhead = ((self._past.get('build_time_s') or 0.0) +
+                    (self._past.get('finish_time_s') or 0.0))
+        remaining = (per_iter * (runner.max_iters - runner.iter - 1) +
+                     (self._past.get('finish_time_s') or 0.0))
+        epoch_s: Optional[float] = self._past.get('student_epoch_s')
+        if epoch_s is None:
+            epoch_s = per_iter * len(runner.train_dataloader)
+        for epochs in self.later_epochs:
+            remaining += epoch_s * epochs + overhead
+        return remaining
 
     def after_train_iter(self, runner, batch_idx, data_batch=None,
                          outputs=None) -> None:
-        if not self.every_n_train_iters(runner, self.interval):
-            return
-        eta = datetime.timedelta(seconds=int(self.chain_eta(runner)))
-        runner.logger.info(f'{self._tag()}  chain ETA: {eta}  (epoch '
-                           f'{runner.epoch + 1}/{runner.max_epochs} of '
-                           f'M{self.generation})')
+        hub = runner.message_hub
+        hub.update_info('chain/generation', self.generation)
+        hub.update_info('chain/num_generations', self.num_generations)
+        hub.update_info('chain/eta_s', self.chain_eta(runner))

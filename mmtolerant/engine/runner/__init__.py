@@ -1,4 +1,5 @@
+from .chain_log_processor import ChainLogProcessor
 from .generation_runner import GenerationRunner
 from .generation_settings import GenerationSettings
 
-__all__ = ['GenerationRunner', 'GenerationSettings']
+__all__ = ['ChainLogProcessor', 'GenerationRunner', 'GenerationSettings']

@@ -18,6 +18,7 @@ from mmtolerant.utils.chain_layout import EXPORT_CFG, EXPORT_CKPT, ChainLayout
 from mmtolerant.utils.config import merge_cfg_options
 from mmtolerant.utils.distributed import cpu_ddp_cfg
 from mmtolerant.utils.fileio import use_atomic_checkpoints
+from .chain_visualizer import group_wandb_runs
 from .generation_settings import GenerationSettings
 
 # Hooks the chain adds to every generation itself (a config that lists one
@@ -73,6 +74,7 @@ def generation_cfg(chain_cfg: Config, settings: GenerationSettings,
         # After the overrides, so that they edit the dataset itself.
         _use_augmentation_views(cfg, views)
     _add_chain_hooks(cfg, chain_cfg, settings, m)
+    _use_chain_logging(cfg, chain_cfg, m)
     use_atomic_checkpoints(cfg)
     cpu_ddp_cfg(cfg)
     return cfg
@@ -221,6 +223,18 @@ def _add_chain_hooks(cfg: Config, chain_cfg: Config,
     if m >= 1 and settings.teacher_cache is not None:
         hooks.append(dict(type='TeacherCacheLoggerHook'))
     cfg.custom_hooks = hooks
+
+
+def _use_chain_logging(cfg: Config, chain_cfg: Config, m: int) -> None:
+    """The chain's place and ETA in each training log line (unless the
+    config brings its own log processor), and W&B runs grouped by chain."""
+    processor = cfg.get('log_processor') or {}
+    default = ('LogProcessor', 'mmengine.LogProcessor')
+    if processor.get('type', 'LogProcessor') in default:
+        cfg.log_processor = dict(processor, type='ChainLogProcessor')
+    group_wandb_runs(cfg.get('visualizer'),
+                     osp.basename(ChainLayout(chain_cfg.work_dir).work_dir),
+                     f'gen_{m}')
 
 
 def check_generation_cfgs(cfgs: List[Config],

@@ -20,6 +20,7 @@ from mmtolerant.utils.chain_layout import (EXPORT_CKPT, GENERATION_FILE,
                                            REPORT_MD, ChainLayout)
 from mmtolerant.utils.distributed import agree, init_distributed
 from .chain_plan import ChainPlan, plan_chain
+from .chain_visualizer import add_generation_scalars, build_chain_visualizer
 from .generation_config import (check_cache_input, check_generation_cfgs,
                                 generation_cfgs, generation_test_cfg)
 from .generation_settings import GenerationSettings
@@ -80,6 +81,8 @@ class GenerationRunner:
         self.records: List[dict] = []
         self._plotter = None
         self._test_runner = None
+        self._env_logged = False
+        self._visualizer = None
 
     @classmethod
     def from_cfg(cls, cfg: Config) -> 'GenerationRunner':
@@ -211,12 +214,19 @@ class GenerationRunner:
             cfg.load_from = plan.resume_from
             _log(f'generation {m}: resuming from {plan.resume_from}')
         started = time.time()
-        runner = Runner.from_cfg(cfg)
-        # What the chain adds to the run, for the generation's record
-        # (GenerationFinishHook reads it before a resume loads the hub).
-        runner.message_hub.update_info('chain/started', started)
-        runner.message_hub.update_info('chain/build_time_s',
-                                       time.time() - started)
+        # The environment and config are logged once per chain (the config
+        # of each generation is dumped in its folder).
+        runner_cls = _GenerationRun if self._env_logged else Runner
+        self._env_logged = True
+        runner = runner_cls.from_cfg(cfg)
+        # What the chain adds to the run, for the generation's record and
+        # the chain's ETA (GenerationFinishHook and ChainProgressHook read
+        # it before a resume loads the hub).
+        hub = runner.message_hub
+        hub.update_info('chain/started', started)
+        hub.update_info('chain/build_time_s', time.time() - started)
+        for key, value in _past_costs(self.records).items():
+            hub.update_info(f'chain/{key}', value)
         runner.train()
         barrier()  # rank 0 has written generation.json
 
@@ -232,6 +242,10 @@ class GenerationRunner:
         self._join_plot()
         self._plotter = _Background(plot_report, self.work_dir,
                                     list(self.records), self.title)
+        if self._visualizer is None:
+            self._visualizer = build_chain_visualizer(
+                self.cfg.get('visualizer'), self.work_dir)
+        add_generation_scalars(self._visualizer, record)
         members = record['ensemble_members']
         _log(f'generation {m}/{self.num_generations} finished: top-1 '
              f'{record["top1"]:.2f}, ensemble M{members[0]}..M{members[-1]} '
@@ -242,6 +256,31 @@ class GenerationRunner:
         if self._plotter is not None:
             plotter, self._plotter = self._plotter, None
             plotter.join()
+
+
+def _past_costs(records: List[dict]) -> dict:
+    """What the finished generations cost, for the chain's ETA: the last
+    finish (export, predictions), and a student's seconds per epoch."""
+    costs = {}
+    if records:
+        costs['finish_time_s'] = records[-1].get('finish_time_s')
+    for record in reversed(records):
+        if record['generation'] >= 1 and record.get('epochs'):
+            costs['student_epoch_s'] = (
+                (record['wall_time_s'] - record.get('build_time_s', 0.0)) /
+                record['epochs'])
+            break
+    return {k: v for k, v in costs.items() if v is not None}
+
+
+class _GenerationRun(Runner):
+    """An ordinary MMEngine Runner that logs one line instead of the
+    environment and the config (the chain's first generation logged them)."""
+
+    def _log_env(self, env_cfg: dict) -> None:
+        self.logger.info(
+            '[chain] environment and config: as logged at the start of the '
+            f'chain; this config is dumped to {self.work_dir}')
 
 
 class _Background(threading.Thread):
