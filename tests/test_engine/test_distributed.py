@@ -1,6 +1,7 @@
 """Real 2-process DDP runs over gloo on the CPU, through the README's
 ``tools/dist_train.sh``: a student, the shared teacher cache, a chain."""
 import json
+import math
 import os
 import os.path as osp
 import random
@@ -10,6 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from mmengine.config import Config
 
 from conftest import (CHAIN, FASHION_MNIST, REPO, assert_same_weights,
                       config_with_hook, exported_model_probs, run_tool,
@@ -179,7 +181,7 @@ def test_chain_under_2_process_ddp_on_the_cpu(tmp_path, python):
         [
             'bash', 'tools/dist_train.sh', CHAIN, '2', '--work-dir',
             str(work_dir), '--cfg-options', 'train_cfg.max_epochs=1',
-            'generations.num_generations=2'
+            'generations.num_generations=2', 'generations.report_train=True'
         ],
         env={
             'PYTHON': python,
@@ -192,6 +194,14 @@ def test_chain_under_2_process_ddp_on_the_cpu(tmp_path, python):
     assert [r['generation'] for r in records] == [0, 1, 2]
     # Both ranks trained on half the data: 1347 / (2 x 64) -> 11 iterations.
     assert re.search(r'Epoch\(train\) \[1\]\[10/11\]', log)
+    # report_train's progress: rank 0's share of the batches, one line per
+    # generation (the other rank prints none).
+    test_batch = Config.fromfile(CHAIN).test_dataloader.batch_size
+    share = math.ceil(math.ceil(1347 / 2) / test_batch)
+    assert re.findall(r'\[chain\] M(\d) training set \(report_train\) '
+                      r'\(rank 0 of 2\): (\d+)/(\d+) batches \(100%\)',
+                      log) == [(str(m), str(share), str(share))
+                               for m in range(3)]
     for m in (1, 2):
         assert_same_weights(
             weights(work_dir / f'gen_{m - 1}' / 'exported_model.pth'),

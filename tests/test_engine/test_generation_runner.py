@@ -1,6 +1,9 @@
 """Chains of generations through the real runner: hand-over, report,
 ensembles, per-generation settings and bad input."""
+import glob
 import json
+import os.path as osp
+import re
 
 import numpy as np
 import pytest
@@ -9,6 +12,15 @@ from mmengine.config import Config
 from conftest import (assert_same_weights, chain_cfg, exported_model_probs, run_tool,
                       weights)
 from mmtolerant.engine.runner import GenerationRunner
+
+
+def progress_lines(gen_dir):
+    """The finish hook's progress lines in a generation's log, up to their
+    percentage."""
+    (path, ) = glob.glob(osp.join(gen_dir, '*', '*.log'))
+    with open(path) as f:
+        return re.findall(r'\[chain\] M\d+ [^:\n]*: \d+/\d+ batches \(\d+%\)',
+                          f.read())
 
 
 def test_chain_trains_every_generation_with_its_role(chain):
@@ -124,6 +136,10 @@ def test_a_test_set_other_than_the_validation_set_is_predicted(tmp_path):
     with np.load(tmp_path / 'gen_1' / 'test_predictions.npz') as d:
         np.testing.assert_array_equal(
             d["labels"], held_out.get_gt_labels())
+    # Its progress, in the generation's log: one line, the pass is quick.
+    batches = -(-len(held_out) // cfg.test_dataloader.batch_size)
+    assert progress_lines(tmp_path / 'gen_1') == [
+        f'[chain] M1 test set: {batches}/{batches} batches (100%)']
 
 
 @pytest.mark.slow
@@ -156,6 +172,13 @@ def test_report_train_and_a_plugin_backbone_chain(tmp_path):
             r['finish_time_s'], abs=0.02)
     with open(tmp_path / 'generations.md') as f:
         assert '| train top-1 | train mean top-1 prob |' in f.read()
+    # The training set's progress, one line per generation (quick passes);
+    # the test set's scores came from the final validation pass.
+    batches = -(-len(labels) // cfg.test_dataloader.batch_size)
+    for m in range(2):
+        assert progress_lines(tmp_path / f'gen_{m}') == [
+            f'[chain] M{m} training set (report_train): {batches}/{batches} '
+            'batches (100%)']
 
 
 @pytest.mark.parametrize('options, match', [

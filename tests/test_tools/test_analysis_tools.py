@@ -2,6 +2,7 @@
 information, linear probe, sweeps."""
 import json
 import os.path as osp
+import re
 import shutil
 
 import numpy as np
@@ -9,6 +10,13 @@ import pytest
 import torch
 
 from conftest import (CHAIN, REPO, run_tool)
+
+
+def progress_lines(proc, tool):
+    """The progress lines a tool logged (the messages, without the
+    logger's time and level)."""
+    return [line.split(' - INFO - ', 1)[1] for line in proc.stdout.splitlines()
+            if f' - INFO - [{tool}] ' in line]
 
 
 @pytest.mark.slow
@@ -53,6 +61,34 @@ def test_secondary_info_tool_reads_a_chains_saved_predictions(
         assert row['mean_top1_prob'] == pytest.approx(
             records[m]['mean_top1_prob'], abs=1e-6)
     assert (tmp_path / 'si' / 'secondary_info.png').is_file()
+
+
+@pytest.mark.slow
+def test_secondary_info_tool_predicts_with_checkpoints_showing_progress(
+        chain, tmp_path, python):
+    """--checkpoints runs each model on the config's test set: the numbers
+    of the chain's own records; a progress line per checkpoint, none per
+    batch (the predictions are quick)."""
+    work_dir, records = chain
+    proc = run_tool([
+        python, 'tools/analysis/secondary_info.py', '--config', CHAIN,
+        '--checkpoints', *[str(work_dir / f'gen_{m}' / 'exported_model.pth')
+                           for m in (1, 2)],
+        '--out-dir', str(tmp_path / 'si')
+    ])
+    with open(tmp_path / 'si' / 'secondary_info.json') as f:
+        rows = json.load(f)['rows']
+    assert [r['index'] for r in rows] == [0, 1]
+    for row, m in zip(rows, (1, 2)):
+        assert row['top1'] == pytest.approx(records[m]['top1'], abs=1e-6)
+        assert row['mean_top1_prob'] == pytest.approx(
+            records[m]['mean_top1_prob'], abs=1e-6)
+    lines = progress_lines(proc, 'secondary_info')
+    assert [line.split(',')[0] for line in lines] == [
+        '[secondary_info] progress: 1/2 checkpoints (50%)',
+        '[secondary_info] progress: 2/2 checkpoints (100%)']
+    assert 'ETA' in lines[0] and 'ETA' not in lines[1]
+    assert lines[1].endswith('; exported_model.pth predicted')
 
 
 @pytest.mark.slow
@@ -105,7 +141,7 @@ def test_linear_probe_tool_equals_a_probe_fitted_by_hand(chain, tmp_path,
         "test_fraction=0.5, seed=3, pipeline=pipeline)\n"
         "probe_test = dict(type='SklearnDigits', split='test', "
         "test_fraction=0.5, seed=3, pipeline=pipeline)\n")
-    run_tool([
+    proc = run_tool([
         python, 'tools/analysis/linear_probe.py',
         str(work_dir), '--labels', 'tsd', '--probe',
         str(probe), '--out',
@@ -114,6 +150,18 @@ def test_linear_probe_tool_equals_a_probe_fitted_by_hand(chain, tmp_path,
     with open(tmp_path / 'probe.json') as f:
         rows = json.load(f)['rows']
     assert [r['model'] for r in rows] == ['tsd M0', 'tsd M1', 'tsd M2']
+    # A line per model (feature extraction and fit), none per batch (quick);
+    # the table after them, whole.
+    lines = progress_lines(proc, 'linear_probe')
+    assert [line.split(',')[0] for line in lines] == [
+        f'[linear_probe] progress: {i}/3 models ({p}%)'
+        for i, p in ((1, 33), (2, 67), (3, 100))]
+    for line, row in zip(lines, rows):
+        assert re.search(rf"; {row['model']}: top-1 {row['probe_top1']:.2f} "
+                         r'\(features [\d.]+ s, fit [\d.]+ s\)$', line)
+    table = proc.stdout[proc.stdout.index('| model | linear-probe top-1 |'):]
+    assert table.splitlines()[2:] == [
+        f"| {r['model']} | {r['probe_top1']:.2f} |" for r in rows]
 
     gen = work_dir / 'gen_2'
     model = init_model(str(gen / 'exported_model.py'),
@@ -148,7 +196,16 @@ def test_sweep_tool_runs_a_grid_collects_reports_and_skips_finished_runs(
         'generations.num_generations=1', '--work-dir',
         str(tmp_path / 'sweep'), '--baseline', 'eta1.0'
     ]
-    run_tool(args)
+    first = run_tool(args)
+    # A progress line as each chain ends (one at a time: --parallel 1).
+    lines = progress_lines(first, 'sweep')
+    assert [line.split(',')[0] for line in lines] == [
+        '[sweep] progress: 1/2 chains (50%)',
+        '[sweep] progress: 2/2 chains (100%)']
+    assert re.search(r'ETA \d+:\d\d:\d\d; eta0.5_seed0 done in \d+ s; '
+                     '1 running, 0 waiting$', lines[0])
+    assert re.search(r'elapsed \d+:\d\d:\d\d; eta1.0_seed0 done in \d+ s; '
+                     '0 running, 0 waiting$', lines[1])
     with open(tmp_path / 'sweep' / 'sweep.json') as f:
         sweep = json.load(f)
     assert [r['setting'] for r in sweep['runs']] == [
@@ -181,6 +238,7 @@ def test_sweep_tool_runs_a_grid_collects_reports_and_skips_finished_runs(
     assert '(paired)' in (tmp_path / 'sweep' / 'generations.md').read_text()
     again = run_tool(args)
     assert again.stdout.count('finished earlier') == 2
+    assert progress_lines(again, 'sweep') == []
 
 
 @pytest.mark.slow

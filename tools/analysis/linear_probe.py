@@ -17,6 +17,7 @@ For CIFAR-100 models, a probe config on CIFAR-10 (for users who have it):
 import argparse
 import json
 import os.path as osp
+import time
 
 import torch
 from mmengine.config import Config
@@ -29,6 +30,7 @@ from mmtolerant.evaluation.linear_probe import extract_features, probe_accuracy
 from mmtolerant.evaluation.mean_std import format_mean_std, mean_std
 from mmtolerant.utils import extract_state_dict, safe_torch_load
 from mmtolerant.utils.chain_layout import EXPORT_CFG, EXPORT_CKPT
+from mmtolerant.utils.progress import Progress, track
 
 
 def parse_args():
@@ -83,15 +85,26 @@ def probe_loaders(probe_config, batch_size):
 
 
 def probe_model(name, ckpt, cfg_path, loaders, c):
+    """The model's row, and the seconds its feature extraction and its
+    probe's fit took."""
     cfg = Config.fromfile(cfg_path)
     with DefaultScope.overwrite_default_scope('mmpretrain'):
         model = MODELS.build(cfg.model)
     model.load_state_dict(
         extract_state_dict(safe_torch_load(ckpt), ckpt), strict=True)
-    feats = {s: extract_features(model, l) for s, l in loaders.items()}
+    started = time.time()
+    # A split's batches show only when its extraction is slow.
+    feats = {
+        s: extract_features(
+            model, track(l, f'[linear_probe] {name} {s} features',
+                         final=False))
+        for s, l in loaders.items()
+    }
+    extracted = time.time()
     acc = probe_accuracy(feats['train'], feats['test'], c=c)
-    return dict(model=name, checkpoint=ckpt, probe_top1=acc,
-                feature_dim=int(feats['train'][0].shape[1]))
+    row = dict(model=name, checkpoint=ckpt, probe_top1=acc,
+               feature_dim=int(feats['train'][0].shape[1]))
+    return row, (extracted - started, time.time() - extracted)
 
 
 def main():
@@ -99,10 +112,19 @@ def main():
     models = models_to_probe(args.work_dirs, args.labels, args.checkpoints)
     loaders = probe_loaders(args.probe, args.batch_size)
     rows = []
-    print('| model | linear-probe top-1 |\n| --- | --- |')
+    # A line per model, through the logger; the table is printed whole at
+    # the end, so that the progress lines do not cut through it.
+    progress = Progress(len(models), '[linear_probe] progress', unit='models',
+                        every=0, interval_s=0)
     for name, ckpt, cfg_path in models:
-        rows.append(probe_model(name, ckpt, cfg_path, loaders, args.c))
-        print(f"| {name} | {rows[-1]['probe_top1']:.2f} |", flush=True)
+        row, (features_s, fit_s) = probe_model(name, ckpt, cfg_path,
+                                               loaders, args.c)
+        rows.append(row)
+        progress.update(note=f"{name}: top-1 {row['probe_top1']:.2f} "
+                        f'(features {features_s:.1f} s, fit {fit_s:.1f} s)')
+    print('| model | linear-probe top-1 |\n| --- | --- |')
+    for row in rows:
+        print(f"| {row['model']} | {row['probe_top1']:.2f} |")
     summary = summarise(rows)
     if summary:
         print('\n| chain | model | runs | linear-probe top-1 (mean ± std) |'

@@ -32,6 +32,7 @@ from mmtolerant.evaluation.secondary_info import (load_groups,
 def checkpoint_predictions(config, checkpoints):
     import torch
     from mmengine.config import Config
+    from mmengine.registry import init_default_scope
     from mmengine.runner import Runner
     from mmpretrain.registry import MODELS
 
@@ -40,17 +41,26 @@ def checkpoint_predictions(config, checkpoints):
     from mmtolerant.utils import extract_state_dict, safe_torch_load
     from mmtolerant.models.classifiers.plain_classifier import \
         plain_model_cfg
+    from mmtolerant.utils.progress import Progress, track
     cfg = Config.fromfile(config)
+    # The config's datasets are mmpretrain's (or ours, registered there).
+    init_default_scope(cfg.get('default_scope', 'mmpretrain'))
     loader_cfg = cfg.get('test_dataloader') or cfg.val_dataloader
     loader_cfg.sampler = dict(type='DefaultSampler', shuffle=False)
     loader = Runner.build_dataloader(loader_cfg)
     out = []
+    # A line per checkpoint; its batches only when a prediction is slow.
+    progress = Progress(len(checkpoints), '[secondary_info] progress',
+                        unit='checkpoints', every=0, interval_s=0)
     for i, ckpt in enumerate(checkpoints):
         model = MODELS.build(plain_model_cfg(cfg))
         model.load_state_dict(
             extract_state_dict(safe_torch_load(ckpt), ckpt), strict=True)
+        batches = track(loader, f'[secondary_info] {osp.basename(ckpt)}',
+                        final=False)
         with torch.no_grad():
-            out.append((i, predict_scores(model, loader)))
+            out.append((i, predict_scores(model, batches)))
+        progress.update(note=f'{osp.basename(ckpt)} predicted')
     return out
 
 

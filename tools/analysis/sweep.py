@@ -38,11 +38,12 @@ import os.path as osp
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from mmtolerant.evaluation.chain_results import load_chain_report
 from mmtolerant.evaluation.mean_std import format_mean_std, mean_std
 from mmtolerant.utils.chain_layout import CHAIN_FILE
+from mmtolerant.utils.progress import Progress
 
 TOOLS = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -257,30 +258,47 @@ def is_finished(work_dir):
 
 
 def run_one(run, settings, args):
-    """Launch one chain, or skip it when it finished earlier; returns its
-    name and exit code."""
+    """Launch one chain; returns its exit code and seconds taken."""
     setting, seed = run
     config, combo = settings[setting]
     name = run_name(setting, seed)
-    work_dir = osp.join(args.work_dir, name)
-    if is_finished(work_dir):
-        print(f'  {name}: finished earlier', flush=True)
-        return name, 0
     start = time.time()
-    code = launch(config, combo, seed, work_dir, args,
+    code = launch(config, combo, seed, osp.join(args.work_dir, name), args,
                   osp.join(args.work_dir, f'{name}.log'))
-    print(f'  {name}: {"done" if code == 0 else f"FAILED ({code})"} in '
-          f'{time.time() - start:.0f} s', flush=True)
-    return name, code
+    return code, time.time() - start
 
 
 def run_all(args, settings, runs):
-    """Every run, ``--parallel`` at a time; the names of those that
-    failed."""
-    with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
-        results = list(pool.map(lambda run: run_one(run, settings, args),
-                                runs))
-    return [name for name, code in results if code]
+    """Every run not finished earlier, ``--parallel`` at a time, with a
+    progress line as each ends; the names of those that failed."""
+    todo = []
+    for run in runs:
+        name = run_name(*run)
+        if is_finished(osp.join(args.work_dir, name)):
+            print(f'  {name}: finished earlier', flush=True)
+        else:
+            todo.append(run)
+    parallel = max(1, args.parallel)
+    # Runs finished earlier take no time: the ETA counts only those to do.
+    progress = Progress(len(todo), '[sweep] progress', unit='chains', every=0,
+                        interval_s=0)
+    failed = set()
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        futures = {pool.submit(run_one, run, settings, args): run_name(*run)
+                   for run in todo}
+        for future in as_completed(futures):
+            name = futures[future]
+            code, seconds = future.result()
+            if code:
+                failed.add(name)
+            # The pool starts a queued run as soon as one ends.
+            unfinished = len(todo) - progress.done - 1
+            running = min(parallel, unfinished)
+            progress.update(note=(
+                f'{name} {"done" if code == 0 else f"FAILED ({code})"} in '
+                f'{seconds:.0f} s; {running} running, '
+                f'{unfinished - running} waiting'))
+    return [run_name(*run) for run in todo if run_name(*run) in failed]
 
 
 def collect(work_dir, settings, runs):

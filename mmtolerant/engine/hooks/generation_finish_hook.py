@@ -23,6 +23,7 @@ from mmtolerant.utils.config import plain_data
 from mmtolerant.utils.distributed import agree, use_rank0_buffers
 from mmtolerant.utils.fileio import atomic_write_text
 from mmtolerant.utils.model import bare_model
+from mmtolerant.utils.progress import track
 from .final_val_predictions import FinalValPredictions
 
 
@@ -60,11 +61,12 @@ def train_eval_loader_cfg(cfg: Config):
     return loader_cfg
 
 
-def predict(model, loader_cfg, dataset=None):
+def predict(model, loader_cfg, dataset=None, desc='[chain] predictions'):
     """Scores and labels of ``model`` on a dataloader's samples, each rank
     predicting its share; gathered in dataset order on rank 0 ((None,
     None) elsewhere). ``dataset``: an already built dataset to use instead
-    of building the config's again."""
+    of building the config's again. Rank 0 logs its progress as ``desc``
+    (a line about every 10%, when slow, and a last one)."""
     from mmengine.runner import Runner
     loader_cfg = copy.deepcopy(loader_cfg)
     loader_cfg.sampler = dict(type='DefaultSampler', shuffle=False)
@@ -73,7 +75,7 @@ def predict(model, loader_cfg, dataset=None):
         # array when serialised, mmengine's default), not a parse.
         loader_cfg.dataset = dataset
     loader = Runner.build_dataloader(loader_cfg)
-    scores, labels = predict_scores(model, loader)
+    scores, labels = predict_scores(model, track(loader, desc))
     rows = collect_results(list(zip(scores, labels)), len(loader.dataset),
                            device='cpu')
     if rows is None:
@@ -236,7 +238,8 @@ class GenerationFinishHook(Hook):
                 return (kept if is_main_process() else (None, None)), \
                     'final validation pass'
         dataset = built_val.dataset if same_as_val and built_val else None
-        return predict(model, test_cfg, dataset), 'test pass'
+        return predict(model, test_cfg, dataset,
+                       f'[chain] M{self.generation} test set'), 'test pass'
 
     def _train_stats(self, runner, model) -> dict:
         """Top-1 and mean top-1 probability on the training set seen
@@ -249,7 +252,9 @@ class GenerationFinishHook(Hook):
         if isinstance(built, BaseDataset) and built._fully_initialized:
             dataset = copy.copy(built)
             dataset.pipeline = Compose(loader_cfg.dataset.pipeline)
-        scores, labels = predict(model, loader_cfg, dataset)
+        scores, labels = predict(
+            model, loader_cfg, dataset,
+            f'[chain] M{self.generation} training set (report_train)')
         if scores is None:
             return {}
         stats = prediction_stats(scores, labels, self.report_k)
