@@ -17,7 +17,7 @@ Also printed: the chain's wall time against the sum of its generations',
 which is what happens between generations (the hand-over itself).
 
     python benchmarks/chain_overhead.py --threads 1
-    python benchmarks/chain_overhead.py --config configs/fashion_mnist_500/strict_chain_cnn_fm500.py \
+    python benchmarks/chain_overhead.py --config configs/tsd/ban_small-convnet_1xb128_fashion-mnist-5k.py \
         --generations 1
 """
 import argparse
@@ -37,7 +37,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument(
         '--config',
-        default='configs/fashion_mnist_500/tsd_chain_cnn_fm500.py')
+        default='configs/tsd/tsd_small-convnet_1xb128_fashion-mnist-5k.py')
     parser.add_argument('--generations', type=int, default=2,
                         help='N: the chain trains M0..MN')
     parser.add_argument('--threads', type=int, default=1,

@@ -11,7 +11,10 @@ meant to be extended:
   >= 2.6 refuses MMEngine's own checkpoints otherwise, and MMEngine loads
   URLs with ``weights_only=False``; see :mod:`mmtolerant.utils.checkpoint`);
 - a file backend ``atomic_local`` is registered (checkpoints written
-  through a temporary file and a rename; see :mod:`mmtolerant.utils.fileio`).
+  through a temporary file and a rename; see :mod:`mmtolerant.utils.fileio`);
+- the configs of ``configs/tsd/`` join mmpretrain's model index
+  (``mmpretrain.list_models('*tsd*')``, ``get_model(name)``; see
+  :mod:`mmtolerant.utils.model_index`).
 
 It patches no class or function of another library. Distributed training
 without CUDA is set up by our tools and runner
@@ -40,6 +43,9 @@ register_safe_loader()
 register_atomic_backend()
 
 from . import datasets, engine, evaluation, models  # noqa: E402,F401
+from .utils.model_index import register_model_index  # noqa: E402
+
+register_model_index()
 from .version import __version__  # noqa: E402
 
 __all__ = ['__version__']

@@ -20,8 +20,9 @@ FASHION_MNIST = osp.join(REPO, '..', 'shared', 'data', 'fashion_mnist')
 if osp.isdir(FASHION_MNIST):
     os.environ.setdefault('MMTOLERANT_FASHION_MNIST',
                           osp.abspath(FASHION_MNIST))
-DIGITS = osp.join(REPO, 'configs', 'digits')
-CHAIN = osp.join(DIGITS, 'tsd_chain_r18t_digits.py')
+# The algorithm's configs (configs/tsd/, the model-zoo layout).
+TSD_CONFIGS = osp.join(REPO, 'configs', 'tsd')
+CHAIN = osp.join(TSD_CONFIGS, 'tsd_resnet18-w8_1xb64_digits.py')
 # A random training pipeline for the 8x8 digits.
 RANDOM_PIPELINE = [dict(type='RandomCrop', crop_size=8, padding=1),
                    dict(type='RandomFlip', prob=0.5, direction='horizontal'),
@@ -30,7 +31,7 @@ RANDOM_PIPELINE = [dict(type='RandomCrop', crop_size=8, padding=1),
 
 def digits_cfg(name: str, work_dir: str, **options) -> Config:
     """A digits config of the repo, made small and quick for tests."""
-    cfg = Config.fromfile(osp.join(DIGITS, name))
+    cfg = Config.fromfile(osp.join(TSD_CONFIGS, name))
     cfg.work_dir = str(work_dir)
     cfg.experiment_name = f'test_{uuid.uuid4().hex[:8]}'
     cfg.train_cfg.max_epochs = 2
@@ -44,7 +45,8 @@ def student_cfg(teacher_dir, work_dir, **options):
                        str(teacher_dir / 'exported_model.pth'))
     options.setdefault('model.teacher.config',
                        str(teacher_dir / 'exported_model.py'))
-    return digits_cfg('student_r18t_digits.py', work_dir, **options)
+    return digits_cfg('kd_resnet18-w8_resnet18-w8_1xb64_digits.py', work_dir,
+                      **options)
 
 
 def digits_batch(indices=16, split: str = 'train'):
@@ -156,7 +158,7 @@ def digits_teacher(tmp_path_factory):
     with exported_model.pth/.py, epoch checkpoints and the config."""
     torch.manual_seed(0)
     work_dir = tmp_path_factory.mktemp('digits_teacher')
-    cfg = digits_cfg('strict_teacher_r18t_digits.py', work_dir)
+    cfg = digits_cfg('strict-teacher_resnet18-w8_1xb64_digits.py', work_dir)
     train(cfg)
     return work_dir
 

@@ -11,19 +11,32 @@ import torch
 from mmengine.config import Config
 from mmpretrain.registry import DATASETS, MODELS
 
-from conftest import FASHION_MNIST, REPO, train
+from conftest import (FASHION_MNIST, REPO, assert_same_weights, train,
+                      weights)
 from mmtolerant.utils.config import merge_cfg_options
 
 CONFIGS = sorted(
     p for p in glob.glob(osp.join(REPO, 'configs', '**', '*.py'),
                          recursive=True) if '_base_' not in p)
-INPUT_SHAPES = {'digits': (1, 8, 8), 'fashion_mnist': (1, 28, 28),
-                'fashion_mnist_500': (1, 28, 28),
-                'cifar100': (3, 32, 32), 'configs': (3, 224, 224)}
+INPUT_SHAPES = {'digits': (1, 8, 8), 'fashion-mnist': (1, 28, 28),
+                'fashion-mnist-5k': (1, 28, 28),
+                'cifar100': (3, 32, 32), 'in1k': (3, 224, 224)}
+# What a config trains, the first field of its name.
+CHAIN_KINDS = ('tsd', 'tsd-all', 'ban', 'ban-lsr', 'ban-cp')
 
 
 def _dataset_of(path):
-    return osp.basename(osp.dirname(path))
+    """The last field of a config's name (the model zoo's
+    ``{algorithm}_{backbone}_{N}xb{B}_{dataset}.py``)."""
+    return osp.splitext(osp.basename(path))[0].split('_')[-1]
+
+
+def _kind_of(path):
+    return osp.basename(path).split('_')[0]
+
+
+def _is_chain(path):
+    return _kind_of(path) in CHAIN_KINDS
 
 
 def _inherits_mmpretrain(path):
@@ -49,19 +62,35 @@ def _random_teacher(cfg, tmp_path):
 
 
 def test_there_are_strict_tsd_and_student_configs_per_dataset():
-    names = {(_dataset_of(p), osp.basename(p).split('_')[0]) for p in CONFIGS}
-    for dataset in ('fashion_mnist', 'cifar100', 'digits'):
-        for kind in ('strict', 'tsd', 'student'):
+    names = {(_dataset_of(p), _kind_of(p)) for p in CONFIGS}
+    for dataset in ('fashion-mnist', 'cifar100', 'digits'):
+        for kind in ('strict-teacher', 'tsd-teacher', 'kd', 'tsd'):
             assert (dataset, kind) in names
-    chains = {(_dataset_of(p), osp.basename(p).split('_')[0])
-              for p in CONFIGS if '_chain_' in p}
-    for dataset in ('fashion_mnist', 'cifar100'):
-        for kind in ('strict', 'tsd', 'lsr', 'cp'):
-            assert (dataset, kind) in chains
-    assert osp.isfile(osp.join(REPO, 'configs', 'tsd_resnet50_in1k.py'))
+    for dataset in ('fashion-mnist', 'fashion-mnist-5k', 'cifar100'):
+        for kind in ('ban', 'tsd', 'ban-lsr', 'ban-cp'):
+            assert (dataset, kind) in names
+    # The mission's documented entry points keep their names.
+    for name in ('tsd_resnet50_in1k.py', 'tsd_resnet18_in1k.py'):
+        assert osp.isfile(osp.join(REPO, 'configs', name))
 
 
-@pytest.mark.parametrize('path', [p for p in CONFIGS if '_chain_' in p or
+def test_config_names_follow_the_model_zoo_habit():
+    # {algorithm}_{backbone}[_{backbone}]_{N}xb{B}_{dataset}.py, one folder
+    # per algorithm, no private abbreviations
+    pattern = re.compile(r'[a-z0-9-]+(_[a-z0-9-]+){1,2}_\d+xb\d+_[a-z0-9-]+')
+    for path in CONFIGS:
+        folder = osp.relpath(osp.dirname(path), osp.join(REPO, 'configs'))
+        name = osp.splitext(osp.basename(path))[0]
+        if folder == '.':
+            assert name in ('tsd_resnet50_in1k', 'tsd_resnet18_in1k'), path
+            continue
+        assert folder == 'tsd', path
+        assert pattern.fullmatch(name), name
+        for private in ('r18t', 'r18n', 'fm500', 'fmnist', 'cnn'):
+            assert private not in name.split('_'), name
+
+
+@pytest.mark.parametrize('path', [p for p in CONFIGS if _is_chain(p) or
                                   p.endswith('_in1k.py')], ids=osp.basename)
 def test_chain_config_builds_a_generation_runner_with_its_baseline(
         path, tmp_path):
@@ -69,10 +98,11 @@ def test_chain_config_builds_a_generation_runner_with_its_baseline(
     cfg = Config.fromfile(path)
     cfg.work_dir = str(tmp_path)
     runner = GenerationRunner.from_cfg(cfg)
-    kind = osp.basename(path).split('_')[0]
     losses = [c.model.head.loss.type for c in runner.generation_cfgs]
-    expected_m0 = dict(strict='CrossEntropyLoss', tsd='TSDLoss',
-                       lsr='LabelSmoothLoss', cp='ConfidencePenaltyLoss')[kind]
+    expected_m0 = {
+        'ban': 'CrossEntropyLoss', 'tsd': 'TSDLoss', 'tsd-all': 'TSDLoss',
+        'ban-lsr': 'LabelSmoothLoss', 'ban-cp': 'ConfidencePenaltyLoss'
+    }[_kind_of(path)]
     assert losses[0] == expected_m0
     if cfg.generations.get('tolerant') == 'all':
         # Every teacher keeps the tolerant loss; the last student, who
@@ -122,7 +152,7 @@ def test_config_inherits_mmpretrain_and_builds_a_working_model(
 
 @pytest.mark.parametrize('path', [
     p for p in CONFIGS
-    if _dataset_of(p) in ('fashion_mnist', 'fashion_mnist_500', 'cifar100')
+    if _dataset_of(p) in ('fashion-mnist', 'fashion-mnist-5k', 'cifar100')
 ], ids=osp.basename)
 def test_data_root_option_moves_every_dataset(path):
     cfg = merge_cfg_options(
@@ -181,7 +211,8 @@ def test_an_option_below_a_none_setting_makes_it_a_dict():
 def test_fashion_mnist_val_set_is_the_10k_test_images_not_the_training_set():
     cfg = merge_cfg_options(
         Config.fromfile(
-            osp.join(REPO, 'configs/fashion_mnist/strict_teacher_r18n_fmnist.py')),
+            osp.join(REPO, 'configs', 'tsd', 'strict-teacher_resnet18-w16_'
+                     '1xb128_fashion-mnist.py')),
         {'data_root': FASHION_MNIST})
     val = DATASETS.build(cfg.val_dataloader.dataset)
     train_set = DATASETS.build(cfg.train_dataloader.dataset)
@@ -202,7 +233,8 @@ def test_fashion_mnist_val_set_is_the_10k_test_images_not_the_training_set():
 ], ids=['tiny_vit', 'imagenet_resnet'])
 def test_student_with_another_mmpretrain_backbone_trains_from_an_inherited_config(
         digits_teacher, tmp_path, backbone, neck, head):
-    base = osp.join(REPO, 'configs', 'digits', 'student_r18t_digits.py')
+    base = osp.join(REPO, 'configs', 'tsd',
+                    'kd_resnet18-w8_resnet18-w8_1xb64_digits.py')
     path = tmp_path / 'swapped_student.py'
     path.write_text(
         f'_base_ = [{base!r}]\n'
@@ -218,7 +250,7 @@ def test_student_with_another_mmpretrain_backbone_trains_from_an_inherited_confi
     runner = train(cfg)
     assert type(runner.model.backbone).__name__ == backbone['type']
     assert type(runner.model.teacher.backbone).__name__ == 'ResNet_CIFAR'
-    assert runner.iter == 22
+    assert runner.iter == 1347 // 64  # one epoch, the last 3 images dropped
     assert np.isfinite(runner.message_hub.get_scalar('train/loss_kd').current())
 
 
@@ -255,7 +287,7 @@ def test_cifar100_configs_train_on_a_synthetic_set_in_cifar_format(
 
     def cfg_of(name, work_dir, **options):
         cfg = merge_cfg_options(
-            Config.fromfile(osp.join(REPO, 'configs', 'cifar100', name)),
+            Config.fromfile(osp.join(REPO, 'configs', 'tsd', name)),
             {'data_root': data_root, **options})
         cfg.work_dir = str(tmp_path / work_dir)
         cfg.experiment_name = work_dir
@@ -266,23 +298,86 @@ def test_cifar100_configs_train_on_a_synthetic_set_in_cifar_format(
         cfg.test_dataloader = cfg.val_dataloader
         return cfg
 
-    strict = train(cfg_of('strict_teacher_r18_cifar100.py', 'strict'))
+    strict = train(
+        cfg_of('strict-teacher_resnet18_8xb16_cifar100.py', 'strict'))
     assert len(strict.train_dataloader.dataset) == 64
     assert strict.train_dataloader.dataset.metainfo['classes'][0] == 'apple'
     assert strict.iter == 4  # 64 images in batches of 16
 
-    tsd = train(cfg_of('tsd_teacher_r18_cifar100.py', 'tsd'))
+    tsd = train(cfg_of('tsd-teacher_resnet18_8xb16_cifar100.py', 'tsd'))
     assert type(tsd.model.head.loss_module).__name__ == 'TSDLoss'
     assert tsd.model.head.loss_module.k == 5
     assert tsd.message_hub.get_scalar('train/loss_tsd_term') is not None
 
     student = train(
         cfg_of(
-            'student_r18_cifar100.py', 'student', **{
+            'kd_resnet18_resnet18_8xb16_cifar100.py', 'student', **{
                 'model.teacher.checkpoint':
                 str(tmp_path / 'tsd' / 'exported_model.pth'),
                 'model.teacher.config':
-                osp.join(REPO, 'configs/cifar100/tsd_teacher_r18_cifar100.py')
+                osp.join(REPO, 'configs', 'tsd',
+                         'tsd-teacher_resnet18_8xb16_cifar100.py')
             }))
     metrics = student.val_loop.run()
     assert {'accuracy/top1', 'teacher_accuracy/top1'} <= set(metrics)
+
+
+# --- the model-zoo habit: configs/tsd/README.md, metafile.yml, model index
+
+def _metafile_models():
+    from modelindex.load_model_index import load
+    index = load(osp.join(REPO, 'model-index.yml'))
+    index.build_models_with_collections()
+    return {model.name: model for model in index.models}
+
+
+def test_the_model_index_lists_every_config_of_the_algorithm_folder():
+    models = _metafile_models()
+    shipped = {osp.splitext(osp.basename(p))[0]
+               for p in glob.glob(osp.join(REPO, 'configs', 'tsd', '*.py'))}
+    assert set(models) == shipped
+    for name, model in models.items():
+        assert model.config == f'configs/tsd/{name}.py'
+        assert model.in_collection == 'TSD'
+
+
+def test_every_result_in_the_metafile_is_in_the_algorithms_readme():
+    with open(osp.join(REPO, 'configs', 'tsd', 'README.md')) as f:
+        rows = {line.split('|')[1].strip(): line for line in f
+                if line.startswith('| [')}
+    results = {name: model.results[0].metrics['Top 1 Accuracy']
+               for name, model in _metafile_models().items()
+               if model.results}
+    assert 'tsd_resnet18-w8_1xb64_digits' in results  # the quick start
+    for name, top1 in results.items():
+        row = rows[f'[{name}]({name}.py)']
+        assert f'| {top1:.2f} ± ' in row, (name, row)
+
+
+def test_mmpretrain_lists_and_builds_our_models(digits_teacher):
+    import mmpretrain
+    names = mmpretrain.list_models('*tsd*')
+    assert {'tsd_resnet18-w8_1xb64_digits',
+            'tsd_small-convnet_1xb128_fashion-mnist-5k',
+            'tsd_resnet50_8xb32_in1k'} <= set(names)
+    export = str(digits_teacher / 'exported_model.pth')
+    model = mmpretrain.get_model('strict-teacher_resnet18-w8_1xb64_digits',
+                                 pretrained=export)
+    assert_same_weights(model.state_dict(), weights(export))
+
+
+def test_the_readme_shows_what_the_quick_start_gives_over_seeds():
+    # The table a user compares a run with: every generation's mean, std
+    # and range over at least 3 seeds; its last generation is the
+    # metafile's number for the quick start's config.
+    with open(osp.join(REPO, 'README.md')) as f:
+        readme = f.read()
+    section = readme.split('### What to expect', 1)[1].split('\n## ', 1)[0]
+    assert 'Seeds 0, 1 and 2' in section
+    rows = re.findall(r'^\| M(\S+).*?\| ([\d.]+) ± ([\d.]+) \| '
+                      r'([\d.]+)–([\d.]+) \|', section, re.M)
+    assert [r[0][0] for r in rows] == ['⁰', '¹', '²', '³']
+    for _, mean, std, low, high in rows:
+        assert float(low) <= float(mean) <= float(high)
+    top1 = _metafile_models()['tsd_resnet18-w8_1xb64_digits'].results[0]
+    assert float(rows[-1][1]) == top1.metrics['Top 1 Accuracy']

@@ -43,7 +43,7 @@ def test_dist_train_sh_trains_the_distillation_classifier_on_2_cpu_processes(
         digits_teacher, tmp_path, python):
     work_dir = tmp_path / 'ddp'
     log = dist_train_student(
-        'configs/digits/student_r18t_digits.py', work_dir, digits_teacher,
+        'configs/tsd/kd_resnet18-w8_resnet18-w8_1xb64_digits.py', work_dir, digits_teacher,
         python, 'train_cfg.max_epochs=1',
         # What stock configs say: the plugin falls back to gloo.
         'env_cfg.dist_cfg.backend=nccl')
@@ -68,7 +68,7 @@ def test_ddp_ranks_share_the_teacher_cache(digits_teacher, tmp_path, python):
     work_dir = tmp_path / 'ddp_cache'
     config = tmp_path / 'cached_student.py'
     config.write_text(
-        f"_base_ = ['{osp.join(REPO, 'configs/digits/student_r18t_digits.py')}']\n"
+        f"_base_ = ['{osp.join(REPO, 'configs/tsd/kd_resnet18-w8_resnet18-w8_1xb64_digits.py')}']\n"
         "train_dataloader = dict(dataset=dict(pipeline=[dict(type='PackInputs')]))\n"
         "model = dict(teacher_cache=dict())\n"
         "custom_hooks = [dict(type='TeacherCacheLoggerHook')]\n")
@@ -145,7 +145,7 @@ class StopAtTheStartHook(Hook):
 
 
 cfg = merge_cfg_options(
-    Config.fromfile('configs/fashion_mnist_500/tsd_chain_cnn_fm500.py'), {
+    Config.fromfile('configs/tsd/tsd_small-convnet_1xb128_fashion-mnist-5k.py'), {
         'work_dir': sys.argv[1], 'launcher': 'pytorch',
         'data_root': sys.argv[2], 'generations.teacher_cache': dict(),
         'custom_hooks': [dict(type='StopAtTheStartHook')]})

@@ -16,7 +16,7 @@ def test_small_convnet_halves_the_resolution_per_stage_and_returns_chosen_stages
 
 def test_small_cnn_config_flattens_into_linear_neck():
     from mmengine.config import Config
-    cfg = Config.fromfile('configs/_base_/models/small_cnn_fmnist.py')
+    cfg = Config.fromfile('configs/_base_/models/small-convnet_fashion-mnist.py')
     model = MODELS.build(cfg.model)
     assert model.eval()(torch.randn(3, 1, 28, 28), mode='tensor').shape == (
         3, 10)

@@ -132,6 +132,8 @@ def test_chain_with_teacher_cache_equals_the_chain_without(tmp_path):
             'generations.teacher_cache': cache,
             'train_cfg.max_epochs': 2,
             'train_dataloader.dataset.pipeline': DETERMINISTIC,
+            # every image in every epoch, for the counts below
+            'train_dataloader.drop_last': False,
         })
         GenerationRunner.from_cfg(cfg).train()
         for m in (1, 2):

@@ -244,14 +244,16 @@ def test_sweep_tool_runs_a_grid_collects_reports_and_skips_finished_runs(
 @pytest.mark.slow
 def test_sweep_tool_names_runs_of_several_configs_and_checks_the_baseline(
         tmp_path, python):
-    strict = osp.join(REPO, 'configs', 'fashion_mnist_500',
-                      'strict_chain_cnn_fm500.py')
-    tsd = osp.join(REPO, 'configs', 'fashion_mnist_500',
-                   'tsd_chain_cnn_fm500.py')
+    strict = osp.join(REPO, 'configs', 'tsd',
+                      'ban_small-convnet_1xb128_fashion-mnist-5k.py')
+    tsd = osp.join(REPO, 'configs', 'tsd',
+                   'tsd_small-convnet_1xb128_fashion-mnist-5k.py')
     args = [python, 'tools/analysis/sweep.py', strict, tsd, '--seeds', '0',
             '1', '--work-dir', str(tmp_path / 'study'), '--dry-run']
-    listed = run_tool(args + ['--baseline', 'strict_chain_cnn_fm500'])
-    for name in ('strict_chain_cnn_fm500_seed0', 'tsd_chain_cnn_fm500_seed1'):
+    listed = run_tool(
+        args + ['--baseline', 'ban_small-convnet_1xb128_fashion-mnist-5k'])
+    for name in ('ban_small-convnet_1xb128_fashion-mnist-5k_seed0',
+                 'tsd_small-convnet_1xb128_fashion-mnist-5k_seed1'):
         assert name in listed.stdout
     wrong = run_tool(args + ['--baseline', 'strict'], expect=None)
     assert wrong.returncode != 0

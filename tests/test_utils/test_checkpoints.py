@@ -76,7 +76,7 @@ def test_crafted_teacher_checkpoint_is_refused_at_build(
         crafted, digits_teacher, tmp_path):
     path, marker = crafted
     cfg = digits_cfg(
-        'student_r18t_digits.py', tmp_path, **{
+        'kd_resnet18-w8_resnet18-w8_1xb64_digits.py', tmp_path, **{
             'model.teacher.checkpoint': str(path),
             'model.teacher.config': str(digits_teacher / 'exported_model.py')
         })
@@ -90,7 +90,7 @@ def test_crafted_checkpoint_is_refused_by_the_test_tool(
         crafted, digits_teacher, python):
     path, marker = crafted
     proc = run_tool([
-        python, 'tools/test.py', 'configs/digits/strict_teacher_r18t_digits.py',
+        python, 'tools/test.py', 'configs/tsd/strict-teacher_resnet18-w8_1xb64_digits.py',
         str(path), '--work-dir', str(path.parent / 'test_wd')
     ], expect=1)
     assert 'refused to load checkpoint' in proc.stderr
@@ -144,7 +144,8 @@ KILLER = textwrap.dedent("""
 @pytest.mark.slow
 def test_run_killed_after_an_epoch_resumes_from_its_last_checkpoint(
         digits_teacher, tmp_path, python):
-    student = osp.join(REPO, 'configs', 'digits', 'student_r18t_digits.py')
+    student = osp.join(REPO, 'configs', 'tsd',
+                       'kd_resnet18-w8_resnet18-w8_1xb64_digits.py')
     killing = config_with_hook(tmp_path, student, KILLER,
                                "dict(type='KillAfterEpochHook', epoch=1)")
     work_dir = tmp_path / 'run'

@@ -4,7 +4,7 @@ The ensemble of a set of generations averages their softmax outputs on the
 test set (saved by the chain in gen_<m>/test_predictions.npz).
 
     # M1..Mm for every m, plus the whole chain
-    python tools/analysis/ensemble.py work_dirs/tsd_chain_r18t_digits
+    python tools/analysis/ensemble.py work_dirs/tsd_resnet18-w8_1xb64_digits
     # chosen sets
     python tools/analysis/ensemble.py WORK_DIR --sets 1,2,3 0,3 --out ens.json
 """

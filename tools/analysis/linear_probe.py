@@ -6,8 +6,8 @@ split. The probe data comes from a config defining ``probe_train`` and
 ``probe_test`` datasets, e.g. scikit-learn's digits at 28x28 for
 Fashion-MNIST models:
 
-    python tools/analysis/linear_probe.py work_dirs/strict_chain_r18n_fmnist \
-        work_dirs/tsd_chain_r18n_fmnist --labels strict TSD \
+    python tools/analysis/linear_probe.py work_dirs/ban_resnet18-w16_1xb128_fashion-mnist \
+        work_dirs/tsd_resnet18-w16_1xb128_fashion-mnist --labels strict TSD \
         --probe configs/_base_/datasets/digits_probe_28px.py --out probe.json
 
 For CIFAR-100 models, a probe config on CIFAR-10 (for users who have it):

@@ -1,7 +1,7 @@
 """Plot several chains side by side (e.g. strict vs tolerant vs LSR vs CP).
 
     python tools/analysis/plot_chains.py \
-        work_dirs/strict_chain_r18n_fmnist work_dirs/tsd_chain_r18n_fmnist \
+        work_dirs/ban_resnet18-w16_1xb128_fashion-mnist work_dirs/tsd_resnet18-w16_1xb128_fashion-mnist \
         --labels strict TSD --out chains.png --table chains.md
 
 Reads each work_dir's generations.json; writes one PNG (top-1 and ensemble

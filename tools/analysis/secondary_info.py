@@ -2,8 +2,8 @@
 checkpoints.
 
     # chains (reads gen_<m>/test_predictions.npz; no model is run)
-    python tools/analysis/secondary_info.py work_dirs/strict_chain_r18n_fmnist \
-        work_dirs/tsd_chain_r18n_fmnist --labels strict TSD \
+    python tools/analysis/secondary_info.py work_dirs/ban_resnet18-w16_1xb128_fashion-mnist \
+        work_dirs/tsd_resnet18-w16_1xb128_fashion-mnist --labels strict TSD \
         --groups fashion_mnist --k 3 --out-dir secondary_info/
     # checkpoints, evaluated on the config's test set
     python tools/analysis/secondary_info.py --config CONFIG \

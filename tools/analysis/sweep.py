@@ -15,7 +15,7 @@ collected into:
 
 A grid over one chain config:
 
-    python tools/analysis/sweep.py configs/fashion_mnist_500/tsd_chain_cnn_fm500.py \
+    python tools/analysis/sweep.py configs/tsd/tsd_small-convnet_1xb128_fashion-mnist-5k.py \
         --grid generations.teacher_loss.eta=0.6,0.8,1.0 generations.teacher_loss.k=2,3 \
         --seeds 0 1 2 --parallel 2 --cfg-options generations.num_generations=2 \
         --work-dir work_dirs/sweep_eta_k
@@ -23,8 +23,8 @@ A grid over one chain config:
 Several chain configs with paired seeds (a setting is named by its config
 file, then its grid values):
 
-    python tools/analysis/sweep.py configs/fashion_mnist_500/{strict,tsd,lsr,cp}_chain_cnn_fm500.py \
-        --seeds 0 1 2 --parallel 2 --baseline strict_chain_cnn_fm500 \
+    python tools/analysis/sweep.py configs/tsd/{ban,tsd,ban-lsr,ban-cp}_small-convnet_1xb128_fashion-mnist-5k.py \
+        --seeds 0 1 2 --parallel 2 --baseline ban_small-convnet_1xb128_fashion-mnist-5k \
         --work-dir work_dirs/fm500_study
 
 --parallel P runs P chains at once, each with (CPUs / P) torch threads.

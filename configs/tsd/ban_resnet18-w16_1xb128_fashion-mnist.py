@@ -1,4 +1,4 @@
 # The strict (born-again) baseline chain: cross-entropy for every teacher.
-_base_ = ['./tsd_chain_r18n_fmnist.py']
+_base_ = ['./tsd_resnet18-w16_1xb128_fashion-mnist.py']
 
 generations = dict(tolerant='none')

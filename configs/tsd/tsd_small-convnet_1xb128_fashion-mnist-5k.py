@@ -1,10 +1,10 @@
-# Tolerant chain in the memorising regime (see strict_teacher_cnn_fm500.py):
+# Tolerant chain in the memorising regime (see strict-teacher_small-convnet_1xb128_fashion-mnist-5k.py):
 # a TSD patriarch M0, then born-again students M1..M5.
-#   python tools/train.py configs/fashion_mnist_500/tsd_chain_cnn_fm500.py
+#   python tools/train.py configs/tsd/tsd_small-convnet_1xb128_fashion-mnist-5k.py
 # The 3-seed study of docs/results.md:
-#   python tools/analysis/sweep.py configs/fashion_mnist_500/tsd_chain_cnn_fm500.py \
+#   python tools/analysis/sweep.py configs/tsd/tsd_small-convnet_1xb128_fashion-mnist-5k.py \
 #       --grid generations.lam=0.5 --seeds 0 1 2 --parallel 2 --work-dir work_dirs/fm500_tsd
-_base_ = ['./strict_teacher_cnn_fm500.py']
+_base_ = ['./strict-teacher_small-convnet_1xb128_fashion-mnist-5k.py']
 
 runner_type = 'GenerationRunner'
 generations = dict(

@@ -1,6 +1,6 @@
 # Strict teacher on CIFAR-100: mmpretrain's CIFAR ResNet-18 and CIFAR-100
 # recipe (200 epochs, SGD 0.1, steps at 60/120/160), cross-entropy.
-#   tools/dist_train.sh configs/cifar100/strict_teacher_r18_cifar100.py 8
+#   tools/dist_train.sh configs/tsd/strict-teacher_resnet18_8xb16_cifar100.py 8
 # The data goes to data/cifar100 (mmpretrain downloads it there when it is
 # missing); point elsewhere with --cfg-options data_root=/path/to/cifar100.
 _base_ = [

@@ -1,8 +1,8 @@
 # The embedded default: a complete tolerant chain M0 -> M1 -> M2 -> M3 on
 # scikit-learn's bundled digits (no download), a few minutes on 2 CPU cores.
-#   python tools/train.py configs/digits/tsd_chain_r18t_digits.py
-# Report: work_dirs/tsd_chain_r18t_digits/generations.{md,json,png}
-_base_ = ['./strict_teacher_r18t_digits.py']
+#   python tools/train.py configs/tsd/tsd_resnet18-w8_1xb64_digits.py
+# Report: work_dirs/tsd_resnet18-w8_1xb64_digits/generations.{md,json,png}
+_base_ = ['./strict-teacher_resnet18-w8_1xb64_digits.py']
 
 runner_type = 'GenerationRunner'
 generations = dict(

@@ -1,7 +1,7 @@
 # Strict teacher (the born-again baseline's patriarch): plain cross-entropy.
-#   python tools/train.py configs/fashion_mnist/strict_teacher_r18n_fmnist.py
+#   python tools/train.py configs/tsd/strict-teacher_resnet18-w16_1xb128_fashion-mnist.py
 _base_ = [
-    '../_base_/models/resnet18_narrow_fmnist.py',
+    '../_base_/models/resnet18-w16_fashion-mnist.py',
     '../_base_/datasets/fashion_mnist_bs128.py',
     '../_base_/fashion_mnist_runtime.py',
 ]

@@ -3,9 +3,9 @@
 # a small CNN. A strict teacher reaches 100% training accuracy here and its
 # outputs become almost one-hot, which is where a tolerant teacher should
 # matter. Validation (the full 10k test set) runs once, at the end.
-#   python tools/train.py configs/fashion_mnist_500/strict_teacher_cnn_fm500.py
+#   python tools/train.py configs/tsd/strict-teacher_small-convnet_1xb128_fashion-mnist-5k.py
 _base_ = [
-    '../_base_/models/small_cnn_fmnist.py',
+    '../_base_/models/small-convnet_fashion-mnist.py',
     '../_base_/datasets/fashion_mnist_bs128.py',
     '../_base_/fashion_mnist_runtime.py',
 ]

@@ -1,9 +1,9 @@
 # Persistent tolerance: the patriarch trains with TSD(eta=0.6) as in
-# tsd_chain_cnn_fm500.py, and every later teacher M1..M4 keeps a smaller dose
-# of it (TSD with eta=0.8 as its head loss, next to the distillation loss),
+# tsd_small-convnet_1xb128_fashion-mnist-5k.py, and every later teacher
+# M1..M4 keeps a smaller dose of it (TSD with eta=0.8 as its head loss, next to the distillation loss),
 # so the chain's confidence does not climb back to one-hot; the last
 # generation M5 teaches nobody and trains with cross-entropy.
-_base_ = ['./tsd_chain_cnn_fm500.py']
+_base_ = ['./tsd_small-convnet_1xb128_fashion-mnist-5k.py']
 
 generations = dict(
     tolerant='all',
