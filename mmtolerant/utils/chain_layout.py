@@ -2,6 +2,7 @@
 
     work_dir/
         chain.json                 what each generation is trained under
+        chain.lock                 held by the run using the work_dir
         generations.json/.md/.png  the report of the generations so far
         vis_data/                  the report's numbers for the visualizer
                                    backends (engine/runner/chain_visualizer)
@@ -20,6 +21,7 @@ from typing import List, Optional, Tuple
 from .fileio import TMP_MARK
 
 CHAIN_FILE = 'chain.json'
+LOCK_FILE = 'chain.lock'
 GENERATION_FILE = 'generation.json'
 EXPORT_CKPT = 'exported_model.pth'
 EXPORT_CFG = 'exported_model.py'

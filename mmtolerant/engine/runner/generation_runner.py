@@ -17,8 +17,9 @@ from mmtolerant.evaluation.generation_report import (plot_report,
                                                      render_markdown,
                                                      write_report)
 from mmtolerant.utils.chain_layout import (EXPORT_CKPT, GENERATION_FILE,
-                                           REPORT_MD, ChainLayout)
+                                           LOCK_FILE, REPORT_MD, ChainLayout)
 from mmtolerant.utils.distributed import agree, init_distributed
+from mmtolerant.utils.work_dir_lock import WorkDirLock
 from .chain_plan import ChainPlan, plan_chain
 from .chain_visualizer import add_generation_scalars, build_chain_visualizer
 from .generation_config import (check_cache_input, check_generation_cfgs,
@@ -73,6 +74,7 @@ class GenerationRunner:
         # A test's checkpoint (stock tools/test.py); training refuses it.
         self.load_from = cfg.get('load_from')
         self.layout = ChainLayout(cfg.work_dir)
+        self._lock = WorkDirLock(self.layout.path(LOCK_FILE))
         self.launcher = cfg.get('launcher', 'none')
         self.resume = bool(cfg.get('resume', False))
         self.num_generations = self.settings.num_generations
@@ -114,6 +116,12 @@ class GenerationRunner:
                 "checkpoint=...)}}")
         init_distributed(self.launcher,
                          (self.cfg.get('env_cfg') or {}).get('dist_cfg'))
+        try:
+            return self._train_chain()
+        finally:
+            self._lock.release()
+
+    def _train_chain(self) -> List[dict]:
         plan = self._agreed_plan()
         student = max(1, plan.first)  # the first student still to train
         if student <= self.num_generations:
@@ -186,11 +194,13 @@ class GenerationRunner:
         return self.layout.gen_file(last, EXPORT_CKPT)
 
     def _agreed_plan(self) -> ChainPlan:
-        """Rank 0 plans (it reads and writes the work_dir); every rank
-        follows it, or stops with rank 0's error."""
+        """Rank 0 locks the work_dir for the run and plans (it reads and
+        writes the work_dir); every rank follows it, or stops with rank 0's
+        error."""
         plan = error = failure = None
         if is_main_process():
             try:
+                self._lock.acquire()
                 plan = plan_chain(self.layout, self.generation_cfgs,
                                   self.settings, self.resume,
                                   self.cfg.filename)
