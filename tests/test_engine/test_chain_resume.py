@@ -332,3 +332,45 @@ def test_a_resume_clears_half_written_files_of_the_killed_run(chain,
                       resume=True, config=CHAIN)
     assert plan.finished == [0, 1]
     assert not any(path.exists() for path in stale)
+
+
+def test_a_resume_without_the_chain_record_is_refused(chain, tmp_path):
+    """Deleting chain.json (the obvious fix of a refused resume) must not
+    switch the settings check off."""
+    work_dir, _ = chain
+    copy = tmp_path / 'copy'
+    shutil.copytree(work_dir, copy)
+    (copy / 'chain.json').unlink()
+    cfg = chain_cfg(copy, resume=True, **{'generations.lam': 0.9})
+    with pytest.raises(ValueError, match=r'holds started generations '
+                       r'\[0, 1, 2\] but no chain.json.*Restore'):
+        GenerationRunner.from_cfg(cfg).train()
+    assert not (copy / 'chain.json').exists()
+
+
+@pytest.mark.parametrize('name, content, error', [
+    ('generation.json', b'{"generation": 1, "top', 'JSONDecodeError'),
+    ('generation.json', b'[]', 'not a generation record'),
+    ('test_predictions.npz', b'PK\x03\x04 truncated', 'BadZipFile'),
+    # an .npz holding a pickled object array: never unpickled
+    ('test_predictions.npz', None, 'allow_pickle=False'),
+])
+def test_a_damaged_file_of_a_finished_generation_is_named_before_training(
+        chain, tmp_path, name, content, error):
+    import numpy as np
+    work_dir, _ = chain
+    copy = tmp_path / 'copy'
+    shutil.copytree(work_dir, copy)
+    path = copy / 'gen_1' / name
+    if content is None:
+        np.savez(path, scores=np.array([object()]), labels=np.zeros(1))
+    else:
+        path.write_bytes(content)
+    # one more generation to train after the damaged one
+    cfg = chain_cfg(copy, resume=True,
+                    **{'generations.num_generations': 3})
+    with pytest.raises(ValueError, match=rf'generation 1 is finished but .*'
+                       rf'{re.escape(str(path))}.*{error}.*'
+                       r'pass --resume to train them again'):
+        GenerationRunner.from_cfg(cfg).train()
+    assert not (copy / 'gen_3').exists()

@@ -1,6 +1,7 @@
 """Where a chain starts: which generations are finished, which checkpoint
 the first unfinished one resumes from, and the refusals that keep a
 work_dir's results from being lost or mixed."""
+import json
 import os
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -8,7 +9,9 @@ from typing import List, Optional
 from mmengine.config import Config
 from mmengine.logging import print_log
 
-from mmtolerant.utils.chain_layout import CHAIN_FILE, ChainLayout
+from mmtolerant.evaluation.generation_report import load_predictions
+from mmtolerant.utils.chain_layout import (CHAIN_FILE, GENERATION_FILE,
+                                           PREDICTIONS, ChainLayout)
 from mmtolerant.utils.checkpoint import CheckpointLoadError, safe_torch_load
 from .chain_record import ChainRecord
 from .generation_settings import GenerationSettings
@@ -73,11 +76,25 @@ def _check_work_dir(layout: ChainLayout, record: ChainRecord,
     """Refuse what would lose or mix results."""
     existing = layout.existing()
     n = settings.num_generations
+    started = [
+        m for m in existing if layout.is_finished(m) or layout.checkpoints(m)
+    ]
     if os.path.isfile(layout.path(CHAIN_FILE)):
         recorded = ChainRecord.load(layout.path(CHAIN_FILE))
-        for m in existing:
-            if m <= n and (layout.is_finished(m) or layout.checkpoints(m)):
+        for m in started:
+            if m <= n:
                 _refuse_changed(layout, record, recorded, settings, m)
+    elif started:
+        raise ValueError(
+            f'{layout.work_dir} holds started generations {started} but no '
+            f'{CHAIN_FILE}, which records the settings they were trained '
+            'under: this run cannot check that it would continue them '
+            f'under the same ones. Restore {layout.path(CHAIN_FILE)} (every '
+            'run writes it before training), or start the chain in another '
+            '--work-dir; nothing was changed.')
+    for m in existing:
+        if layout.is_finished(m):
+            _check_finished_files(layout, m)
     beyond = [m for m in existing if m > n]
     if beyond:
         raise ValueError(
@@ -96,6 +113,33 @@ def _check_work_dir(layout: ChainLayout, record: ChainRecord,
             raise ValueError(
                 f'generation {m} is finished but its teacher, generation '
                 f'{m - 1}, is not: {layout.work_dir} is inconsistent')
+
+
+def _check_finished_files(layout: ChainLayout, m: int) -> None:
+    """The files of finished generation m that the chain reads again (its
+    record, its test predictions for the report's ensembles) are readable:
+    a damaged one is named now, not after the next generation trained."""
+    remedy = (f'Restore it, or delete {layout.gen_dir(m)} and the folders '
+              'of the later generations and pass --resume to train them '
+              'again; nothing was changed.')
+    path = layout.gen_file(m, GENERATION_FILE)
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        if not isinstance(record, dict) or 'top1' not in record:
+            raise ValueError('not a generation record')
+    except (OSError, ValueError) as e:
+        raise ValueError(f'generation {m} is finished but {path} is '
+                         f'damaged ({type(e).__name__}: {e}). {remedy}') \
+            from None
+    path = layout.gen_file(m, PREDICTIONS)
+    try:
+        load_predictions(path)
+    except Exception as e:  # missing, truncated, not an .npz, pickled
+        raise ValueError(
+            f'generation {m} is finished but its test predictions {path} '
+            f'cannot be read ({type(e).__name__}: {e}); the report\'s '
+            f'ensembles need them. {remedy}') from None
 
 
 def _refuse_changed(layout: ChainLayout, record: ChainRecord,
