@@ -119,6 +119,13 @@ def safe_torch_load(filename: str,
             return torch.load(
                 filename, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        # An opcode the weights-only unpickler cannot parse at all: a
+        # damaged stream. (A crafted one is refused at the global or call
+        # it names; either way nothing runs.)
+        if 'Unsupported operand' in str(e):
+            raise CheckpointLoadError(
+                f'could not read checkpoint {shown}: it is damaged (its '
+                f'pickle data does not parse: {_last_line(e)})') from None
         raise CheckpointLoadError(
             f'refused to load checkpoint {shown}: it holds objects that '
             'are not plain weights (loading it would execute code from the '
@@ -127,6 +134,13 @@ def safe_torch_load(filename: str,
         raise CheckpointLoadError(
             f'could not read checkpoint {shown}: '
             f'{type(e).__name__}: {e}') from None
+
+
+def _last_line(error: Exception) -> str:
+    """The line of torch's message that says what went wrong."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    found = [line for line in lines if 'Unsupported' in line]
+    return (found or lines or [''])[0].strip()
 
 
 # MMEngine logs a loader's name without its first ten characters

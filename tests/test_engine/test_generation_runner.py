@@ -2,6 +2,7 @@
 ensembles, per-generation settings and bad input."""
 import glob
 import json
+import os
 import os.path as osp
 import re
 
@@ -341,3 +342,19 @@ def test_an_export_predicts_through_mmpretrains_inferencer(chain, tmp_path,
     with np.load(work_dir / 'gen_2' / 'test_predictions.npz') as saved:
         np.testing.assert_allclose(np.load(tmp_path / 'scores.npy'),
                                    saved['scores'], atol=1e-5)
+
+
+@pytest.mark.parametrize('options, message', [
+    ({'generations.teacher_loss.k': 1},
+     r'generation 0 cannot build its losses: .*k'),
+    ({'train_cfg.max_epochs': 0},
+     r'generation 0 has train_cfg.max_epochs=0; every generation trains '
+     r'at least one epoch'),
+    ({'generations.overrides': {2: {'train_cfg.max_epochs': -1}}},
+     r'generation 2 has train_cfg.max_epochs=-1'),
+])
+def test_a_bad_setting_is_named_by_its_own_key(tmp_path, options, message):
+    with pytest.raises(ValueError, match=message) as e:
+        GenerationRunner(chain_cfg(tmp_path, **options))
+    assert 'report_k' not in str(e.value)
+    assert not os.listdir(tmp_path)

@@ -64,6 +64,18 @@ def test_crafted_checkpoint_is_refused_and_nothing_runs(crafted):
     assert not marker.exists()
 
 
+def test_a_damaged_pickle_is_called_damaged_not_code(tmp_path):
+    # A legacy (pre-zip) checkpoint starts with the pickle protocol opcode;
+    # one whose stream breaks off into noise is damaged, not crafted.
+    path = tmp_path / 'damaged.pth'
+    path.write_bytes(b'\x80\x02' + bytes(range(157, 257 - 1)) * 2)
+    with pytest.raises(CheckpointLoadError,
+                       match=r"'.*damaged.pth': it is damaged \(its pickle "
+                       r'data does not parse: Unsupported operand') as e:
+        safe_torch_load(str(path))
+    assert 'execute code' not in str(e.value)
+
+
 def test_getattr_stand_in_grants_only_public_history_buffer_methods(
         tmp_path):
     path = tmp_path / 'private.pth'

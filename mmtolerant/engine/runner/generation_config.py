@@ -253,6 +253,13 @@ def check_generation_cfgs(cfgs: List[Config],
             f'({", ".join(f"M{m}: {n}" for m, n in known.items())}); a '
             'student must predict its teacher\'s classes')
     for m, cfg in enumerate(cfgs):
+        epochs = (cfg.get('train_cfg') or {}).get('max_epochs')
+        if epochs is not None and (isinstance(epochs, bool) or not isinstance(
+                epochs, int) or epochs < 1):
+            raise ValueError(
+                f'generations: generation {m} has train_cfg.max_epochs='
+                f'{epochs!r}; every generation trains at least one epoch '
+                '(set it in the config or in generations.overrides)')
         if settings.report_train:
             train_eval_loader_cfg(cfg)
         try:

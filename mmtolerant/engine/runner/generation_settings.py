@@ -136,8 +136,11 @@ class GenerationSettings:
             _fail(f'lam must be a number in [0, 1], got {self.lam!r}')
         self.overrides = self._checked_overrides()
         if self.report_k is None:
+            # The tolerant loss's K where it is a valid one (a bad K is the
+            # loss's own error, raised when the chain builds it).
             k = self.teacher_loss.get('k')
-            self.report_k = int(k) if isinstance(k, numbers.Integral) else 3
+            self.report_k = int(k) if isinstance(
+                k, numbers.Integral) and k >= 2 else 3
         if self.report_k < 2:
             _fail(f'report_k must be >= 2, got {self.report_k!r}')
         if self.teacher_cache is not None:
