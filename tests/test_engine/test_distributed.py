@@ -50,8 +50,9 @@ def test_dist_train_sh_trains_the_distillation_classifier_on_2_cpu_processes(
     assert 'Distributed training: True' in log
     assert 'GPU number: 2' in log  # mmengine's name for the world size
     assert 'using the gloo backend instead of' in log
-    # 1347 images / (2 processes x 64) = 11 iterations per process.
-    assert re.search(r'Epoch\(train\) \[1\]\[10/11\]', log)
+    # 1347 images padded to 1348 = 674 per process: 10 full batches of 64
+    # (the digits recipe drops the incomplete last one).
+    assert re.search(r'Epoch\(train\) \[1\]\[10/10\]', log)
     ckpt = safe_torch_load(str(work_dir / 'epoch_1.pth'))
     assert not any(k.startswith(('teacher', 'module.'))
                    for k in ckpt['state_dict'])
@@ -69,7 +70,8 @@ def test_ddp_ranks_share_the_teacher_cache(digits_teacher, tmp_path, python):
     config = tmp_path / 'cached_student.py'
     config.write_text(
         f"_base_ = ['{osp.join(REPO, 'configs/tsd/kd_resnet18-w8_resnet18-w8_1xb64_digits.py')}']\n"
-        "train_dataloader = dict(dataset=dict(pipeline=[dict(type='PackInputs')]))\n"
+        "train_dataloader = dict(drop_last=False,\n"
+        "    dataset=dict(pipeline=[dict(type='PackInputs')]))\n"
         "model = dict(teacher_cache=dict())\n"
         "custom_hooks = [dict(type='TeacherCacheLoggerHook')]\n")
     log = dist_train_student(config, work_dir, digits_teacher, python,
@@ -192,8 +194,8 @@ def test_chain_under_2_process_ddp_on_the_cpu(tmp_path, python):
     with open(work_dir / 'generations.json') as f:
         records = json.load(f)
     assert [r['generation'] for r in records] == [0, 1, 2]
-    # Both ranks trained on half the data: 1347 / (2 x 64) -> 11 iterations.
-    assert re.search(r'Epoch\(train\) \[1\]\[10/11\]', log)
+    # Both ranks trained on half the data: 674 images, 10 full batches.
+    assert re.search(r'Epoch\(train\) \[1\]\[10/10\]', log)
     # report_train's progress: rank 0's share of the batches, one line per
     # generation (the other rank prints none).
     test_batch = Config.fromfile(CHAIN).test_dataloader.batch_size

@@ -101,7 +101,9 @@ def test_cached_training_equals_live_training_bit_for_bit(digits_teacher,
     results = {}
     for name, cache in (('live', None), ('cached', dict())):
         options = {'train_dataloader.dataset.pipeline': DETERMINISTIC,
-                   'randomness.seed': 3, 'train_cfg.max_epochs': 2}
+                   'randomness.seed': 3, 'train_cfg.max_epochs': 2,
+                   # every image in every epoch, for the counts below
+                   'train_dataloader.drop_last': False}
         if cache is not None:
             options['model.teacher_cache'] = cache
         runner = train(student_cfg(digits_teacher, tmp_path / name,
@@ -225,7 +227,8 @@ def test_views_cached_training_equals_live_training_bit_for_bit(
     runners = {}
     for name, cache in (('live', None), ('cached', dict(views=2))):
         options = dict(VIEWS, **{'randomness.seed': 3,
-                                 'train_cfg.max_epochs': 4})
+                                 'train_cfg.max_epochs': 4,
+                                 'train_dataloader.drop_last': False})
         options['train_dataloader.dataset'] = dict(
             VIEWS['train_dataloader.dataset'], _delete_=True)
         if cache is not None:
@@ -362,6 +365,8 @@ def test_chain_with_views_replays_each_students_teacher(tmp_path):
         'generations.teacher_cache': dict(views=2, dtype='float16'),
         'generations.report_train': True,
         'train_cfg.max_epochs': 3,
+        # every view drawn in the first 2 epochs, for the count below
+        'train_dataloader.drop_last': False,
     })
     records = GenerationRunner.from_cfg(cfg).train()
     assert records[1]['train_top1'] > 0

@@ -58,6 +58,9 @@ def train_eval_loader_cfg(cfg: Config):
     loader_cfg['batch_size'] = test_cfg.get('batch_size',
                                             loader_cfg.batch_size)
     loader_cfg.pop('batch_sampler', None)
+    # Every training sample is predicted, also where training drops the
+    # last incomplete batch.
+    loader_cfg['drop_last'] = False
     return loader_cfg
 
 
