@@ -10,6 +10,7 @@
             epoch_<n>.pth, iter_<n>.pth, best_*.pth, <timestamp>/ (logs)
             exported_model.pth/.py the handed-on model, as stock mmpretrain
             test_predictions.npz   its softmax scores on the test set
+            teacher.json           (m >= 1) the teacher export it trains under
             generation.json        its record; written last: m is finished
 """
 import glob
@@ -26,6 +27,7 @@ GENERATION_FILE = 'generation.json'
 EXPORT_CKPT = 'exported_model.pth'
 EXPORT_CFG = 'exported_model.py'
 PREDICTIONS = 'test_predictions.npz'
+TEACHER_FILE = 'teacher.json'
 REPORT_JSON = 'generations.json'
 REPORT_MD = 'generations.md'
 REPORT_PNG = 'generations.png'

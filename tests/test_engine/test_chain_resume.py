@@ -374,3 +374,52 @@ def test_a_damaged_file_of_a_finished_generation_is_named_before_training(
                        r'pass --resume to train them again'):
         GenerationRunner.from_cfg(cfg).train()
     assert not (copy / 'gen_3').exists()
+
+
+def test_each_student_records_the_teacher_export_it_trains_under(chain):
+    import hashlib
+    work_dir, _ = chain
+    for m in (1, 2):
+        with open(work_dir / f'gen_{m}' / 'teacher.json') as f:
+            recorded = json.load(f)
+        teacher = work_dir / f'gen_{m - 1}' / 'exported_model.pth'
+        assert recorded == dict(
+            teacher=str(teacher),
+            sha256=hashlib.sha256(teacher.read_bytes()).hexdigest())
+    assert not (work_dir / 'gen_0' / 'teacher.json').exists()
+
+
+@pytest.mark.parametrize('finished', [True, False])
+def test_a_generation_of_another_teacher_is_refused(chain, tmp_path,
+                                                    finished):
+    """gen_1's export replaced by hand: gen_2 (finished, or killed with a
+    checkpoint) was trained under the old one."""
+    work_dir, _ = chain
+    copy = tmp_path / 'copy'
+    shutil.copytree(work_dir, copy, symlinks=True)
+    shutil.copy(copy / 'gen_0' / 'exported_model.pth',
+                copy / 'gen_1' / 'exported_model.pth')
+    if not finished:
+        (copy / 'gen_2' / 'generation.json').unlink()
+    state = 'finished' if finished else 'started'
+    with pytest.raises(ValueError, match=rf'generation 2 \({state}\) was '
+                       r'trained under the teacher .*gen_1/exported_model'
+                       r'.pth with sha256 \w{12}\.\.\., but that file is now'
+                       r' \w{12}: .*Delete .*gen_2'):
+        GenerationRunner.from_cfg(chain_cfg(copy, resume=True)).train()
+
+
+def test_checkpoints_beyond_a_generation_that_trains_again_are_refused(
+        chain, tmp_path):
+    """The issue's case: gen_1 deleted (to retrain it) while gen_2 holds
+    checkpoints of the old gen_1's student."""
+    work_dir, _ = chain
+    copy = tmp_path / 'copy'
+    shutil.copytree(work_dir, copy)
+    (copy / 'gen_2' / 'generation.json').unlink()
+    shutil.rmtree(copy / 'gen_1')
+    with pytest.raises(ValueError, match=r'generations \[2\] hold '
+                       r'checkpoints, but generation 1 before them is not '
+                       r'finished and will train again.*Delete .*gen_2'):
+        GenerationRunner.from_cfg(chain_cfg(copy, resume=True)).train()
+    assert not (copy / 'gen_1').exists()

@@ -1,6 +1,7 @@
 """Where a chain starts: which generations are finished, which checkpoint
 the first unfinished one resumes from, and the refusals that keep a
 work_dir's results from being lost or mixed."""
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -10,8 +11,10 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 
 from mmtolerant.evaluation.generation_report import load_predictions
-from mmtolerant.utils.chain_layout import (CHAIN_FILE, GENERATION_FILE,
-                                           PREDICTIONS, ChainLayout)
+from mmtolerant.utils.chain_layout import (CHAIN_FILE, EXPORT_CKPT,
+                                           GENERATION_FILE, PREDICTIONS,
+                                           TEACHER_FILE, ChainLayout)
+from mmtolerant.utils.fileio import atomic_write_text
 from mmtolerant.utils.checkpoint import CheckpointLoadError, safe_torch_load
 from .chain_record import ChainRecord
 from .generation_settings import GenerationSettings
@@ -95,6 +98,19 @@ def _check_work_dir(layout: ChainLayout, record: ChainRecord,
     for m in existing:
         if layout.is_finished(m):
             _check_finished_files(layout, m)
+    first = next((m for m in range(n + 1) if not layout.is_finished(m)),
+                 n + 1)
+    leftovers = [m for m in existing if m > first and layout.checkpoints(m)]
+    if leftovers:
+        raise ValueError(
+            f'generations {leftovers} hold checkpoints, but generation '
+            f'{first} before them is not finished and will train again: '
+            'those checkpoints would belong to another teacher. Delete '
+            f'{", ".join(layout.gen_dir(m) for m in leftovers)} to train '
+            'them under the new one; nothing was changed.')
+    for m in started:
+        if 1 <= m <= n and layout.is_finished(m - 1):
+            check_teacher(layout, m)
     beyond = [m for m in existing if m > n]
     if beyond:
         raise ValueError(
@@ -113,6 +129,47 @@ def _check_work_dir(layout: ChainLayout, record: ChainRecord,
             raise ValueError(
                 f'generation {m} is finished but its teacher, generation '
                 f'{m - 1}, is not: {layout.work_dir} is inconsistent')
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def record_teacher(layout: ChainLayout, m: int) -> None:
+    """Record, as generation m starts, the teacher export it trains under
+    (``gen_<m>/teacher.json``): its checkpoints and results belong to that
+    file."""
+    teacher = layout.gen_file(m - 1, EXPORT_CKPT)
+    os.makedirs(layout.gen_dir(m), exist_ok=True)
+    atomic_write_text(
+        json.dumps(dict(teacher=teacher, sha256=_sha256(teacher)), indent=2),
+        layout.gen_file(m, TEACHER_FILE))
+
+
+def check_teacher(layout: ChainLayout, m: int) -> None:
+    """Refuse to keep started generation m (its checkpoints or results)
+    when its teacher's export is no longer the file it trained under.
+    Generations started before teachers were recorded are not checked."""
+    path = layout.gen_file(m, TEACHER_FILE)
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        recorded = json.load(f)['sha256']
+    teacher = layout.gen_file(m - 1, EXPORT_CKPT)
+    now = _sha256(teacher) if os.path.isfile(teacher) else 'missing'
+    if now != recorded:
+        state = 'finished' if layout.is_finished(m) else 'started'
+        raise ValueError(
+            f'generation {m} ({state}) was trained under the teacher '
+            f'{teacher} with sha256 {recorded[:12]}..., but that file is '
+            f'now {now[:12]}: its checkpoints and results belong to another '
+            f'teacher. Delete {layout.gen_dir(m)} and the folders of the '
+            'later generations to train them under the current one; '
+            'nothing was changed.')
 
 
 def _check_finished_files(layout: ChainLayout, m: int) -> None:

@@ -20,7 +20,7 @@ from mmtolerant.utils.chain_layout import (EXPORT_CKPT, GENERATION_FILE,
                                            LOCK_FILE, REPORT_MD, ChainLayout)
 from mmtolerant.utils.distributed import agree, init_distributed
 from mmtolerant.utils.work_dir_lock import WorkDirLock
-from .chain_plan import ChainPlan, plan_chain
+from .chain_plan import ChainPlan, plan_chain, record_teacher
 from .chain_visualizer import add_generation_scalars, build_chain_visualizer
 from .generation_config import (check_cache_input, check_generation_cfgs,
                                 generation_cfgs, generation_test_cfg)
@@ -223,6 +223,8 @@ class GenerationRunner:
             cfg.resume = True
             cfg.load_from = plan.resume_from
             _log(f'generation {m}: resuming from {plan.resume_from}')
+        elif m >= 1 and is_main_process():
+            record_teacher(self.layout, m)
         started = time.time()
         # The environment and config are logged once per chain (the config
         # of each generation is dumped in its folder).
