@@ -34,8 +34,15 @@ class WorkDirLock:
     def acquire(self) -> None:
         """Take the lock, or raise :class:`WorkDirInUse` naming its holder.
         """
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        work_dir = os.path.dirname(self.path)
+        try:
+            os.makedirs(work_dir, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except PermissionError as e:
+            raise PermissionError(
+                f'{work_dir} is not writable ({e.strerror}): a run writes '
+                'its lock, chain.json, checkpoints and reports there. Make '
+                'it writable or use another --work-dir.') from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

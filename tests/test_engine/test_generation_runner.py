@@ -358,3 +358,17 @@ def test_a_bad_setting_is_named_by_its_own_key(tmp_path, options, message):
         GenerationRunner(chain_cfg(tmp_path, **options))
     assert 'report_k' not in str(e.value)
     assert not os.listdir(tmp_path)
+
+
+def test_a_chain_that_fails_before_training_leaves_no_generation(tmp_path):
+    """A first run whose data cannot be built leaves no gen_0/ behind, so
+    the corrected rerun needs no --resume."""
+    cfg = chain_cfg(tmp_path, **{
+        'generations.num_generations': 1,
+        'train_dataloader.dataset.type': 'NoSuchDataset'})
+    with pytest.raises(KeyError, match='NoSuchDataset'):
+        GenerationRunner(cfg).train()
+    assert not (tmp_path / 'gen_0').exists()
+    records = GenerationRunner(chain_cfg(
+        tmp_path, **{'generations.num_generations': 1})).train()
+    assert [r['generation'] for r in records] == [0, 1]

@@ -113,3 +113,15 @@ def test_two_runs_released_together_one_trains_the_other_is_refused(
         assert json.load(f)['generations']['1']['model']['lam'] == lam
     dumped = next((work_dir / 'gen_1').glob('*.py')).read_text()
     assert f'lam={lam}' in dumped
+
+
+def test_a_read_only_work_dir_is_named(tmp_path, monkeypatch):
+    # (root ignores file modes: the refusal of the system call is
+    # simulated)
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, 'Permission denied')
+
+    monkeypatch.setattr(os, 'open', refuse)
+    with pytest.raises(PermissionError, match=rf'{tmp_path} is not writable '
+                       r'\(Permission denied\).*another --work-dir'):
+        WorkDirLock(str(tmp_path / 'chain.lock')).acquire()

@@ -2,6 +2,7 @@ import copy
 import json
 import logging
 import os.path as osp
+import shutil
 import threading
 import time
 from typing import Any, List
@@ -10,7 +11,7 @@ from mmengine.config import Config
 from mmengine.dist import barrier, is_main_process
 from mmengine.logging import MMLogger, print_log
 from mmengine.registry import RUNNERS as MMENGINE_RUNNERS
-from mmengine.runner import Runner
+from mmengine.runner import BaseLoop, Runner
 from mmpretrain.registry import RUNNERS
 
 from mmtolerant.evaluation.generation_report import (plot_report,
@@ -83,6 +84,7 @@ class GenerationRunner:
         self.records: List[dict] = []
         self._plotter = None
         self._test_runner = None
+        self._running = None  # the generation's runner, once built
         self._env_logged = False
         self._visualizer = None
 
@@ -214,6 +216,23 @@ class GenerationRunner:
         return plan
 
     def _train_generation(self, m: int, plan: ChainPlan) -> None:
+        """Train generation m; a generation that fails before its first
+        training step leaves no folder behind (a corrected rerun then
+        needs no --resume)."""
+        fresh = not osp.isdir(self.layout.gen_dir(m))
+        self._running = None
+        try:
+            self._run_generation(m, plan)
+        except BaseException:
+            # (runner.iter would build a loop that could not be built)
+            loop = getattr(self._running, '_train_loop', None)
+            steps = loop.iter if isinstance(loop, BaseLoop) else 0
+            if fresh and is_main_process() and steps == 0 \
+                    and not self.layout.checkpoints(m):
+                shutil.rmtree(self.layout.gen_dir(m), ignore_errors=True)
+            raise
+
+    def _run_generation(self, m: int, plan: ChainPlan) -> None:
         cfg = copy.deepcopy(self.generation_cfgs[m])
         if m >= 1 and not osp.isfile(cfg.model.teacher.checkpoint):
             raise FileNotFoundError(
@@ -239,6 +258,7 @@ class GenerationRunner:
         hub.update_info('chain/build_time_s', time.time() - started)
         for key, value in _past_costs(self.records).items():
             hub.update_info(f'chain/{key}', value)
+        self._running = runner
         runner.train()
         barrier()  # rank 0 has written generation.json
 
