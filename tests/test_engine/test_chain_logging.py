@@ -10,8 +10,8 @@ import pytest
 
 from conftest import chain_cfg
 from mmtolerant.engine.hooks import ChainProgressHook
-from mmtolerant.engine.runner.chain_visualizer import (add_generation_scalars,
-                                                       build_chain_visualizer)
+from mmtolerant.engine.runner.chain_visualizer import (
+    build_chain_visualizer, write_generation_scalars)
 from mmtolerant.engine.runner.generation_config import generation_cfg
 from mmtolerant.engine.runner.generation_settings import GenerationSettings
 
@@ -72,12 +72,11 @@ def test_the_chain_metrics_go_to_tensorboard(tmp_path):
     records = [dict(generation=m, top1=90.0 + m, ensemble_top1=91.5,
                     mean_top1_prob=0.9 - m / 10, teacher_top1=None)
                for m in range(3)]
-    visualizer = build_chain_visualizer(
-        dict(type='Visualizer', vis_backends=[
-            dict(type='TensorboardVisBackend')]), str(tmp_path))
+    # as the chain writes them: opened and closed for each generation
     for record in records:
-        add_generation_scalars(visualizer, record)
-    visualizer.close()
+        write_generation_scalars(
+            dict(type='Visualizer', vis_backends=[
+                dict(type='TensorboardVisBackend')]), str(tmp_path), record)
     events = EventAccumulator(str(tmp_path / 'vis_data'))
     events.Reload()
     assert 'chain/teacher_top1' not in events.Tags()['scalars']
@@ -97,6 +96,12 @@ def test_wandb_runs_of_a_chain_share_its_group(tmp_path):
         (backend, ) = generation_cfg(cfg, settings, m).visualizer.vis_backends
         assert backend.init_kwargs == dict(project='p', group='my_chain',
                                            name=f'gen_{m}')
+    # the chain's own run: one, resumed for each generation's numbers
+    (backend, ) = build_chain_visualizer(
+        cfg.visualizer, str(tmp_path / 'my_chain'))._vis_backends.values()
+    kwargs = backend._init_kwargs
+    assert kwargs['group'] == 'my_chain' and kwargs['name'] == 'chain'
+    assert kwargs['resume'] == 'allow' and kwargs['id'].startswith('chain-')
 
 
 def test_a_config_with_its_own_log_processor_keeps_it(tmp_path):

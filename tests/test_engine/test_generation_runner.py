@@ -314,6 +314,16 @@ gen_dir, images, out = sys.argv[1:4]
 cfg, ckpt = f'{gen_dir}/exported_model.py', f'{gen_dir}/exported_model.pth'
 inferencer = ImageClassificationInferencer(cfg, pretrained=ckpt, device='cpu')
 results = inferencer(list(np.load(images)), batch_size=64)
+# Image files, as demo/image_demo.py gives them: read in colour, the grey
+# model takes their grey values.
+import mmcv
+files = [f'digit{i}.png' for i in range(20)]
+for path, image in zip(files, np.load(images)):
+    mmcv.imwrite(image, path)
+from_files = inferencer(files, batch_size=20)
+np.testing.assert_allclose(np.stack([r['pred_scores'] for r in from_files]),
+                           np.stack([r['pred_scores'] for r in results[:20]]),
+                           atol=1e-6)
 assert type(init_model(cfg, ckpt)).__name__ == 'ImageClassifier'
 assert type(get_model(cfg, pretrained=ckpt)).__name__ == 'ImageClassifier'
 assert 'mmtolerant' not in sys.modules, 'mmtolerant was imported'
@@ -325,9 +335,10 @@ print('classes', results[0]['pred_class'], inferencer.classes[:3])
 @pytest.mark.slow
 def test_an_export_predicts_through_mmpretrains_inferencer(chain, tmp_path,
                                                            python):
-    """mmpretrain's own inference APIs (ImageClassificationInferencer, so
-    demo/image_demo.py; init_model; get_model) take a generation's export,
-    in a process without mmtolerant, and predict what the chain saved."""
+    """mmpretrain's own inference APIs (ImageClassificationInferencer on
+    arrays and on image files, as demo/image_demo.py; init_model; get_model)
+    take a generation's export, in a process without mmtolerant, and
+    predict what the chain saved."""
     from mmpretrain.registry import DATASETS
     work_dir, _ = chain
     test_set = DATASETS.build(dict(type='SklearnDigits', split='test'))

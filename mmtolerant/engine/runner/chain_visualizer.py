@@ -6,9 +6,13 @@ built from the same ``visualizer`` config and saving under
 ``work_dir/vis_data``: after each generation, the report's numbers
 (``chain/top1``, ``chain/ensemble_top1``, ``chain/mean_top1_prob``, ...) at
 step m. W&B runs of one chain share a group named after it: ``gen_<m>``
-for the generations, ``chain`` for these numbers.
+for the generations, ``chain`` for these numbers. The chain's visualizer is
+opened for each generation's numbers and closed again, so no run of its
+stays open while the next generation's starts (its W&B run has a fixed id
+of the work_dir and is resumed each time).
 """
 import copy
+import hashlib
 import os.path as osp
 import time
 
@@ -21,14 +25,17 @@ CHAIN_SCALARS = ('top1', 'top5', 'ensemble_top1', 'mean_top1_prob',
                  'train_mean_top1_prob', 'wall_time_s')
 
 
-def group_wandb_runs(vis_cfg, chain: str, name: str) -> None:
+def group_wandb_runs(vis_cfg, chain: str, name: str, **run) -> None:
     """Put the W&B backends of ``vis_cfg`` in the chain's group, as run
-    ``name`` (unless the config names them)."""
+    ``name`` (unless the config names them), with the ``wandb.init``
+    arguments ``run``."""
     for backend in (vis_cfg or {}).get('vis_backends') or []:
         if str(backend.get('type', '')).endswith('WandbVisBackend'):
             kwargs = backend.setdefault('init_kwargs', {})
             kwargs.setdefault('group', chain)
             kwargs.setdefault('name', name)
+            for key, value in run.items():
+                kwargs.setdefault(key, value)
 
 
 def build_chain_visualizer(vis_cfg, work_dir: str) -> Visualizer:
@@ -37,7 +44,9 @@ def build_chain_visualizer(vis_cfg, work_dir: str) -> Visualizer:
     chain = osp.basename(osp.abspath(work_dir))
     # A name of its own: MMEngine keeps one visualizer per name.
     cfg.update(name=f'{chain}_chain_{time.time_ns()}', save_dir=work_dir)
-    group_wandb_runs(cfg, chain, 'chain')
+    run_id = hashlib.sha1(osp.abspath(work_dir).encode()).hexdigest()[:16]
+    group_wandb_runs(cfg, chain, 'chain', id=f'chain-{run_id}',
+                     resume='allow')
     return VISUALIZERS.build(cfg)
 
 
@@ -46,3 +55,13 @@ def add_generation_scalars(visualizer: Visualizer, record: dict) -> None:
         {f'chain/{key}': record[key]
          for key in CHAIN_SCALARS if record.get(key) is not None},
         step=record['generation'])
+
+
+def write_generation_scalars(vis_cfg, work_dir: str, record: dict) -> None:
+    """Open the chain's visualizer, add generation m's numbers, close
+    it."""
+    visualizer = build_chain_visualizer(vis_cfg, work_dir)
+    try:
+        add_generation_scalars(visualizer, record)
+    finally:
+        visualizer.close()

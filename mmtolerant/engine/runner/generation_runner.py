@@ -22,7 +22,7 @@ from mmtolerant.utils.chain_layout import (EXPORT_CKPT, GENERATION_FILE,
 from mmtolerant.utils.distributed import agree, init_distributed
 from mmtolerant.utils.work_dir_lock import WorkDirLock
 from .chain_plan import ChainPlan, plan_chain, record_teacher
-from .chain_visualizer import add_generation_scalars, build_chain_visualizer
+from .chain_visualizer import write_generation_scalars
 from .generation_config import (check_cache_input, check_generation_cfgs,
                                 generation_cfgs, generation_test_cfg)
 from .generation_settings import GenerationSettings
@@ -86,7 +86,6 @@ class GenerationRunner:
         self._test_runner = None
         self._running = None  # the generation's runner, once built
         self._env_logged = False
-        self._visualizer = None
 
     @classmethod
     def from_cfg(cls, cfg: Config) -> 'GenerationRunner':
@@ -274,10 +273,8 @@ class GenerationRunner:
         self._join_plot()
         self._plotter = _Background(plot_report, self.work_dir,
                                     list(self.records), self.title)
-        if self._visualizer is None:
-            self._visualizer = build_chain_visualizer(
-                self.cfg.get('visualizer'), self.work_dir)
-        add_generation_scalars(self._visualizer, record)
+        write_generation_scalars(self.cfg.get('visualizer'), self.work_dir,
+                                 record)
         members = record['ensemble_members']
         _log(f'generation {m}/{self.num_generations} finished: top-1 '
              f'{record["top1"]:.2f}, ensemble M{members[0]}..M{members[-1]} '

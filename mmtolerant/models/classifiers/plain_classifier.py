@@ -115,6 +115,12 @@ def test_pipeline(cfg: Config) -> Optional[list]:
     return copy.deepcopy(list(pipeline)) if pipeline else None
 
 
+def _channels(model_cfg: dict) -> Optional[int]:
+    """The number of input channels the model normalises, if it says."""
+    mean = (model_cfg.get('data_preprocessor') or {}).get('mean')
+    return len(mean) if isinstance(mean, (list, tuple)) else None
+
+
 def _plain_meta(dataset_meta: Optional[dict]) -> Dict[str, Any]:
     meta: Dict[str, Any] = {}
     if dataset_meta and dataset_meta.get('classes') is not None:
@@ -148,6 +154,15 @@ def export_plain_model(cfg: Config,
     model_cfg = plain_model_cfg(cfg)
     exported = dict(model=model_cfg, default_scope='mmpretrain')
     pipeline = test_pipeline(cfg)
+    if pipeline is not None and _channels(model_cfg) == 1:
+        # mmpretrain's inferencers (demo/image_demo.py) read an image file
+        # in colour: 3 equal channels for a grey file. A one-channel model
+        # takes the first, exactly its grey values (an average of three
+        # rounds some down). mmcv's own transform, so stock mmpretrain runs
+        # it; a one-channel array passes unchanged.
+        pipeline.insert(0, dict(type='RandomGrayscale', prob=1.0,
+                                keep_channels=False,
+                                channel_weights=(1.0, 0.0, 0.0)))
     if pipeline is not None:
         # What mmpretrain's inferencers read: the test pipeline alone (no
         # dataset, so nothing of the training data is needed to predict).
