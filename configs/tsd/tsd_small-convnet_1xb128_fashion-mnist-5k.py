@@ -3,7 +3,7 @@
 #   python tools/train.py configs/tsd/tsd_small-convnet_1xb128_fashion-mnist-5k.py
 # The 3-seed study of docs/results.md:
 #   python tools/analysis/sweep.py configs/tsd/tsd_small-convnet_1xb128_fashion-mnist-5k.py \
-#       --grid generations.lam=0.5 --seeds 0 1 2 --parallel 2 --work-dir work_dirs/fm500_tsd
+#       --grid generations.lam=0.5 --seeds 0 1 2 --parallel 2 --work-dir work_dirs/fashion-mnist-5k_tsd
 _base_ = ['./strict-teacher_small-convnet_1xb128_fashion-mnist-5k.py']
 
 runner_type = 'GenerationRunner'

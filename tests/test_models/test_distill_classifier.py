@@ -367,8 +367,8 @@ def test_a_channels_last_teacher_gives_the_same_targets(digits_teacher,
 
 
 def test_a_teacher_that_views_its_feature_map_falls_back_to_nchw(tmp_path):
-    """fm500's CNN flattens its 7x7 map with LinearNeck's .view(), which a
-    channels-last tensor refuses: by default the teacher then runs in NCHW
+    """The fashion-mnist-5k configs' CNN flattens its 7x7 map with
+    LinearNeck's .view(), which a channels-last tensor refuses: by default the teacher then runs in NCHW
     (the same logits); with teacher_channels_last=True a clear error."""
     from mmengine.config import Config
     base = Config.fromfile(osp.join(REPO, 'configs/_base_/models/'

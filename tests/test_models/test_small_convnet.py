@@ -14,7 +14,7 @@ def test_small_convnet_halves_the_resolution_per_stage_and_returns_chosen_stages
     assert len(convs) == 2 * 3  # convs_per_stage=2 by default
 
 
-def test_small_cnn_config_flattens_into_linear_neck():
+def test_small_convnet_config_flattens_into_linear_neck():
     from mmengine.config import Config
     cfg = Config.fromfile('configs/_base_/models/small-convnet_fashion-mnist.py')
     model = MODELS.build(cfg.model)

@@ -25,7 +25,7 @@ file, then its grid values):
 
     python tools/analysis/sweep.py configs/tsd/{ban,tsd,ban-lsr,ban-cp}_small-convnet_1xb128_fashion-mnist-5k.py \
         --seeds 0 1 2 --parallel 2 --baseline ban_small-convnet_1xb128_fashion-mnist-5k \
-        --work-dir work_dirs/fm500_study
+        --work-dir work_dirs/fashion-mnist-5k_study
 
 --parallel P runs P chains at once, each with (CPUs / P) torch threads.
 --gpus N runs each chain with tools/dist_train.sh on N GPUs instead.
