@@ -153,7 +153,9 @@ def test_missing_teacher_checkpoint_stops_before_training(chain, tmp_path):
     shutil.rmtree(copy / 'gen_2')
     (copy / 'gen_1' / 'exported_model.pth').unlink()
     cfg = chain_cfg(copy, resume=True)
-    with pytest.raises(FileNotFoundError, match='gen_1/exported_model.pth'):
+    with pytest.raises(ValueError, match=r'generation 2 cannot start: its '
+                       r'teacher .*gen_1/exported_model.pth cannot be read '
+                       r'.*does not exist.*To export generation 1 again'):
         GenerationRunner.from_cfg(cfg).train()
     assert not (copy / 'gen_2').exists()
 
@@ -423,3 +425,36 @@ def test_checkpoints_beyond_a_generation_that_trains_again_are_refused(
                        r'finished and will train again.*Delete .*gen_2'):
         GenerationRunner.from_cfg(chain_cfg(copy, resume=True)).train()
     assert not (copy / 'gen_1').exists()
+
+
+@pytest.mark.slow
+def test_a_damaged_teacher_export_is_made_again_by_following_the_remedy(
+        chain, tmp_path):
+    work_dir, _ = chain
+    copy = tmp_path / 'copy'
+    shutil.copytree(work_dir, copy)
+    shutil.rmtree(copy / 'gen_2')
+    (copy / 'gen_1' / 'exported_model.pth').write_bytes(b'PK\x03\x04 cut')
+    cfg = chain_cfg(copy, resume=True)
+    with pytest.raises(ValueError, match=r'generation 2 cannot start: its '
+                       r'teacher .*gen_1/exported_model.pth cannot be read.*'
+                       r'delete .*gen_1/generation.json .*--resume'):
+        GenerationRunner.from_cfg(cfg).train()
+    # The remedy: generation 1 finishes again from its last checkpoint,
+    # without training, and the chain goes on.
+    (copy / 'gen_1' / 'generation.json').unlink()
+    records = GenerationRunner.from_cfg(chain_cfg(copy, resume=True)).train()
+    assert [r['generation'] for r in records] == [0, 1, 2]
+    assert_same_weights(weights(copy / 'gen_1' / 'exported_model.pth'),
+                        weights(work_dir / 'gen_1' / 'exported_model.pth'))
+
+
+def test_a_lost_record_of_a_teacher_says_how_to_recover(chain, tmp_path):
+    work_dir, _ = chain
+    copy = tmp_path / 'copy'
+    shutil.copytree(work_dir, copy)
+    (copy / 'gen_0' / 'generation.json').unlink()
+    with pytest.raises(ValueError, match=r'generation 1 is finished but its '
+                       r'teacher, generation 0, is not \(.*gen_0/generation'
+                       r'.json is missing\).*Restore that file, or delete'):
+        GenerationRunner.from_cfg(chain_cfg(copy, resume=True)).train()

@@ -58,7 +58,25 @@ def plan_chain(layout: ChainLayout, cfgs: List[Config],
         for stale in layout.stale_tmp_files(plan.first):
             os.remove(stale)
         plan.resume_from = latest_checkpoint(layout, plan.first)
+        if plan.first >= 1:
+            _check_teacher_export(layout, plan.first)
     return plan
+
+
+def _check_teacher_export(layout: ChainLayout, m: int) -> None:
+    """Generation m's teacher export loads; if not, say how to make it
+    again from its generation's last checkpoint."""
+    teacher = layout.gen_file(m - 1, EXPORT_CKPT)
+    try:
+        safe_torch_load(teacher)
+    except CheckpointLoadError as e:
+        raise ValueError(
+            f'generation {m} cannot start: its teacher {teacher} cannot be '
+            f'read ({e}). To export generation {m - 1} again from its last '
+            f'checkpoint, delete {layout.gen_file(m - 1, GENERATION_FILE)} '
+            '(and any later generation\'s folder) and pass --resume: '
+            f'generation {m - 1} then finishes without training (export, '
+            'predictions, record).') from None
 
 
 def latest_checkpoint(layout: ChainLayout, m: int) -> Optional[str]:
@@ -98,19 +116,6 @@ def _check_work_dir(layout: ChainLayout, record: ChainRecord,
     for m in existing:
         if layout.is_finished(m):
             _check_finished_files(layout, m)
-    first = next((m for m in range(n + 1) if not layout.is_finished(m)),
-                 n + 1)
-    leftovers = [m for m in existing if m > first and layout.checkpoints(m)]
-    if leftovers:
-        raise ValueError(
-            f'generations {leftovers} hold checkpoints, but generation '
-            f'{first} before them is not finished and will train again: '
-            'those checkpoints would belong to another teacher. Delete '
-            f'{", ".join(layout.gen_dir(m) for m in leftovers)} to train '
-            'them under the new one; nothing was changed.')
-    for m in started:
-        if 1 <= m <= n and layout.is_finished(m - 1):
-            check_teacher(layout, m)
     beyond = [m for m in existing if m > n]
     if beyond:
         raise ValueError(
@@ -128,7 +133,25 @@ def _check_work_dir(layout: ChainLayout, record: ChainRecord,
         if layout.is_finished(m) and not layout.is_finished(m - 1):
             raise ValueError(
                 f'generation {m} is finished but its teacher, generation '
-                f'{m - 1}, is not: {layout.work_dir} is inconsistent')
+                f'{m - 1}, is not ({layout.gen_file(m - 1, GENERATION_FILE)}'
+                f' is missing): {layout.work_dir} is inconsistent. Restore '
+                f'that file, or delete {layout.gen_dir(m)} and the later '
+                "generations' folders and pass --resume (generation "
+                f'{m - 1} finishes again from its last checkpoint); nothing '
+                'was changed.')
+    first = next((m for m in range(n + 1) if not layout.is_finished(m)),
+                 n + 1)
+    leftovers = [m for m in existing if m > first and layout.checkpoints(m)]
+    if leftovers:
+        raise ValueError(
+            f'generations {leftovers} hold checkpoints, but generation '
+            f'{first} before them is not finished and will train again: '
+            'those checkpoints would belong to another teacher. Delete '
+            f'{", ".join(layout.gen_dir(m) for m in leftovers)} to train '
+            'them under the new one; nothing was changed.')
+    for m in started:
+        if 1 <= m <= n and layout.is_finished(m - 1):
+            check_teacher(layout, m)
 
 
 def _sha256(path: str) -> str:
