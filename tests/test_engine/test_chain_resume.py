@@ -458,3 +458,72 @@ def test_a_lost_record_of_a_teacher_says_how_to_recover(chain, tmp_path):
                        r'teacher, generation 0, is not \(.*gen_0/generation'
                        r'.json is missing\).*Restore that file, or delete'):
         GenerationRunner.from_cfg(chain_cfg(copy, resume=True)).train()
+
+
+CHAOS_KILLER = textwrap.dedent("""
+    import os
+    import signal
+
+    from mmengine.hooks import Hook
+    from mmpretrain.registry import HOOKS
+
+    AFTER = int(os.environ.get('KILL_AFTER_ITERS', '0'))
+    POINT = os.environ.get('KILL_POINT', 'iter')
+
+
+    @HOOKS.register_module()
+    class ChaosKillHook(Hook):
+        # Counts this process's training steps over all its generations.
+        priority = 'LOWEST'  # after CheckpointHook
+        steps = 0
+
+        def _tick(self, point):
+            if point == 'iter':
+                ChaosKillHook.steps += 1
+            if AFTER and ChaosKillHook.steps >= AFTER and point == POINT:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        def after_train_iter(self, runner, batch_idx, data_batch=None,
+                             outputs=None):
+            self._tick('iter')
+
+        def after_train_epoch(self, runner):
+            self._tick('epoch')
+
+        def after_run(self, runner):
+            self._tick('run')
+""")
+
+
+@pytest.mark.slow
+def test_a_chain_killed_at_ten_random_moments_ends_bit_identical(
+        uninterrupted, tmp_path, python):
+    """Seeded chaos: SIGKILL after a random number of training steps, at a
+    random point (mid-epoch, at an epoch's end after its checkpoint, at the
+    end of a generation's run), ten times; then resumed to the end. The
+    chain's records and every export equal an uninterrupted run's."""
+    import random
+    rng = random.Random(0)
+    killing = config_with_hook(tmp_path, CHAIN, CHAOS_KILLER,
+                               "dict(type='ChaosKillHook')")
+    work_dir = tmp_path / 'chain'
+    # Mostly mid-epoch (the run resumes from the epoch before), twice at an
+    # epoch's end, once at a generation's end: the chain is not finished
+    # when the last kill lands.
+    points = ['iter'] * 7 + ['epoch'] * 2 + ['run']
+    rng.shuffle(points)
+    for kill, point in enumerate(points):
+        env = {'KILL_AFTER_ITERS': str(rng.randint(1, 20)),
+               'KILL_POINT': point,
+               'PYTHONPATH': f'{tmp_path}{os.pathsep}{REPO}'}
+        proc = run_chain(killing, work_dir, python, env, resume=kill > 0,
+                         expect=None)
+        assert proc.returncode == -9, proc.log[-3000:]
+    assert not (work_dir / 'gen_2' / 'generation.json').exists()
+    run_chain(CHAIN, work_dir, python, resume=True)
+    assert not list(work_dir.rglob('*.tmp-*'))
+    records, exported = chain_result(work_dir)
+    ref_records, ref_exported = uninterrupted
+    assert records == ref_records
+    for ours, ref in zip(exported, ref_exported):
+        assert_same_weights(ours, ref)
