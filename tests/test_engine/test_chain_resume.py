@@ -527,3 +527,19 @@ def test_a_chain_killed_at_ten_random_moments_ends_bit_identical(
     assert records == ref_records
     for ours, ref in zip(exported, ref_exported):
         assert_same_weights(ours, ref)
+
+
+def test_a_finished_chain_in_a_read_only_work_dir_is_reported(
+        chain, tmp_path, monkeypatch):
+    work_dir, records = chain
+    copy = tmp_path / 'copy'
+    shutil.copytree(work_dir, copy)
+    (copy / 'chain.lock').unlink()
+    before = {p: p.stat().st_mtime_ns for p in copy.rglob('*')}
+    # (root ignores file modes: read-only is what os.access says)
+    access = os.access
+    monkeypatch.setattr(os, 'access', lambda path, mode: False if str(
+        path) == str(copy) else access(path, mode))
+    again = GenerationRunner.from_cfg(chain_cfg(copy, resume=True)).train()
+    assert [r['top1'] for r in again] == [r['top1'] for r in records]
+    assert {p: p.stat().st_mtime_ns for p in copy.rglob('*')} == before

@@ -40,13 +40,15 @@ class ChainPlan:
 
 def plan_chain(layout: ChainLayout, cfgs: List[Config],
                settings: GenerationSettings, resume: bool,
-               config: Optional[str]) -> ChainPlan:
+               config: Optional[str], write: bool = True) -> ChainPlan:
     """Check the work_dir against this run, record the chain in
-    ``chain.json`` and say where to start (main process only)."""
+    ``chain.json`` (unless ``write=False``: a finished chain only
+    reported) and say where to start (main process only)."""
     record = ChainRecord.of(cfgs, settings, config)
     _check_work_dir(layout, record, settings, resume)
-    os.makedirs(layout.work_dir, exist_ok=True)
-    record.save(layout.path(CHAIN_FILE))
+    if write:
+        os.makedirs(layout.work_dir, exist_ok=True)
+        record.save(layout.path(CHAIN_FILE))
     finished = [
         m for m in range(settings.num_generations + 1)
         if layout.is_finished(m)

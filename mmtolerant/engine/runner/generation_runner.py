@@ -1,6 +1,7 @@
 import copy
 import json
 import logging
+import os
 import os.path as osp
 import shutil
 import threading
@@ -201,10 +202,17 @@ class GenerationRunner:
         plan = error = failure = None
         if is_main_process():
             try:
-                self._lock.acquire()
+                # A finished chain in a read-only work_dir (an archive, a
+                # shared results folder) is checked and reported, unwritten.
+                read_only = self.resume and not os.access(
+                    self.work_dir, os.W_OK) and all(
+                        self.layout.is_finished(m)
+                        for m in range(self.num_generations + 1))
+                if not read_only:
+                    self._lock.acquire()
                 plan = plan_chain(self.layout, self.generation_cfgs,
                                   self.settings, self.resume,
-                                  self.cfg.filename)
+                                  self.cfg.filename, write=not read_only)
             except Exception as e:  # every rank must stop, not only rank 0
                 failure, error = e, f'{type(e).__name__}: {e}'
         plan, error = agree((plan, error))
