@@ -273,6 +273,16 @@ def chain_result(work_dir):
     return records, exported
 
 
+def assert_same_chain(work_dir, reference):
+    """The chain in work_dir has the records and exports of
+    ``reference`` (a :func:`chain_result`)."""
+    records, exported = chain_result(work_dir)
+    ref_records, ref_exported = reference
+    assert records == ref_records
+    for ours, ref in zip(exported, ref_exported):
+        assert_same_weights(ours, ref)
+
+
 @pytest.fixture(scope='module')
 def uninterrupted(tmp_path_factory, python_exe=None):
     import sys
@@ -309,11 +319,7 @@ def test_chain_killed_anywhere_resumes_to_the_same_result(
     assert {p: p.stat().st_mtime_ns for p in finished} == finished
     assert not list(work_dir.rglob('*.tmp-*'))
 
-    records, exported = chain_result(work_dir)
-    ref_records, ref_exported = uninterrupted
-    assert records == ref_records
-    for ours, ref in zip(exported, ref_exported):
-        assert_same_weights(ours, ref)
+    assert_same_chain(work_dir, uninterrupted)
 
 
 def test_a_resume_clears_half_written_files_of_the_killed_run(chain,
@@ -522,11 +528,7 @@ def test_a_chain_killed_at_ten_random_moments_ends_bit_identical(
     assert not (work_dir / 'gen_2' / 'generation.json').exists()
     run_chain(CHAIN, work_dir, python, resume=True)
     assert not list(work_dir.rglob('*.tmp-*'))
-    records, exported = chain_result(work_dir)
-    ref_records, ref_exported = uninterrupted
-    assert records == ref_records
-    for ours, ref in zip(exported, ref_exported):
-        assert_same_weights(ours, ref)
+    assert_same_chain(work_dir, uninterrupted)
 
 
 def test_a_finished_chain_in_a_read_only_work_dir_is_reported(
