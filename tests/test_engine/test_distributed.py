@@ -137,13 +137,18 @@ from mmengine.hooks import Hook
 from mmpretrain.registry import HOOKS
 from mmtolerant.engine.runner import GenerationRunner
 from mmtolerant.utils.config import merge_cfg_options
+from mmtolerant.utils.distributed import end_distributed
+
+
+class Stop(Exception):
+    pass
 
 
 @HOOKS.register_module()
 class StopAtTheStartHook(Hook):
     def before_train(self, runner):
         print(f'rank {runner.rank} reached M0', flush=True)
-        raise SystemExit(0)
+        raise Stop
 
 
 cfg = merge_cfg_options(
@@ -151,7 +156,13 @@ cfg = merge_cfg_options(
         'work_dir': sys.argv[1], 'launcher': 'pytorch',
         'data_root': sys.argv[2], 'generations.teacher_cache': dict(),
         'custom_hooks': [dict(type='StopAtTheStartHook')]})
-GenerationRunner.from_cfg(cfg).train()
+try:
+    GenerationRunner.from_cfg(cfg).train()
+except Stop:
+    pass
+# Both ranks stop at the same point: they meet and tear the group down
+# (a gloo rank whose peer has exited may abort in its destructor).
+end_distributed()
 '''
 
 
