@@ -9,11 +9,12 @@ from mmpretrain.registry import HOOKS
 class ChainProgressHook(Hook):
     """Puts the chain's place and ETA into MMEngine's message hub.
 
-    The GenerationRunner adds it to every generation. After each training
-    iteration it updates the runtime information ``chain/generation``,
-    ``chain/num_generations`` and ``chain/eta_s`` (seconds left in the
-    whole chain), which :class:`ChainLogProcessor` shows once in each
-    ordinary training log line and passes to the visualizer backends.
+    The GenerationRunner adds it to every generation. It sets the runtime
+    information ``chain/generation`` and ``chain/num_generations`` when
+    training starts and updates ``chain/eta_s`` (seconds left in the whole
+    chain) after each training iteration. :class:`ChainLogProcessor` shows
+    them once in each ordinary training log line and passes them to the
+    visualizer backends.
 
     The ETA extrapolates this run's wall time per iteration (validation
     and checkpoints included as they happen) to the rest of this
@@ -54,6 +55,9 @@ class ChainProgressHook(Hook):
     def before_train(self, runner) -> None:
         self._start = time.time()
         self._start_iter = runner.iter
+        hub = runner.message_hub
+        hub.update_info('chain/generation', self.generation)
+        hub.update_info('chain/num_generations', self.num_generations)
         runner.logger.info(
             f'[chain] generation {self.generation}/{self.num_generations} '
             f'(M{self.generation}): {self.role}')
@@ -75,7 +79,4 @@ class ChainProgressHook(Hook):
 
     def after_train_iter(self, runner, batch_idx, data_batch=None,
                          outputs=None) -> None:
-        hub = runner.message_hub
-        hub.update_info('chain/generation', self.generation)
-        hub.update_info('chain/num_generations', self.num_generations)
-        hub.update_info('chain/eta_s', self.chain_eta(runner))
+        runner.message_hub.update_info('chain/eta_s', self.chain_eta(runner))

@@ -50,18 +50,14 @@ def build_chain_visualizer(vis_cfg, work_dir: str) -> Visualizer:
     return VISUALIZERS.build(cfg)
 
 
-def add_generation_scalars(visualizer: Visualizer, record: dict) -> None:
-    visualizer.add_scalars(
-        {f'chain/{key}': record[key]
-         for key in CHAIN_SCALARS if record.get(key) is not None},
-        step=record['generation'])
-
-
 def write_generation_scalars(vis_cfg, work_dir: str, record: dict) -> None:
-    """Open the chain's visualizer, add generation m's numbers, close
-    it."""
+    """Open the chain's visualizer, add generation m's numbers at step m,
+    close it."""
     visualizer = build_chain_visualizer(vis_cfg, work_dir)
     try:
-        add_generation_scalars(visualizer, record)
+        visualizer.add_scalars(
+            {f'chain/{key}': record[key]
+             for key in CHAIN_SCALARS if record.get(key) is not None},
+            step=record['generation'])
     finally:
         visualizer.close()
