@@ -18,6 +18,7 @@ from mmtolerant.utils.config import (add_flags, merge_cfg_options,
 from mmtolerant.utils.distributed import (cpu_ddp_cfg, end_distributed,
                                           init_distributed)
 from mmtolerant.utils.fileio import use_atomic_checkpoints
+from mmtolerant.utils.preemption import Requeue
 
 
 def parse_args():
@@ -101,7 +102,13 @@ def main():
     print_log(
         f'[mmtolerant] torch threads per process: {torch.get_num_threads()}',
         logger='current')
-    runner.train()
+    try:
+        runner.train()
+    except Requeue:
+        # Stopped by a signal at a safe point: exit 75 once every rank is
+        # there (the job script requeues the job).
+        end_distributed()
+        raise
     end_distributed()
 
 

@@ -8,6 +8,7 @@
                                    backends (engine/runner/chain_visualizer)
         gen_<m>/                   generation m: an ordinary MMEngine run
             epoch_<n>.pth, iter_<n>.pth, best_*.pth, <timestamp>/ (logs)
+            last_checkpoint        names the newest checkpoint
             exported_model.pth/.py the handed-on model, as stock mmpretrain
             test_predictions.npz   its softmax scores on the test set
             teacher.json           (m >= 1) the teacher export it trains under
@@ -25,6 +26,7 @@ CHAIN_FILE = 'chain.json'
 LOCK_FILE = 'chain.lock'
 GENERATION_FILE = 'generation.json'
 EXPORT_CKPT = 'exported_model.pth'
+LAST_CHECKPOINT = 'last_checkpoint'  # MMEngine's pointer to the newest
 EXPORT_CFG = 'exported_model.py'
 PREDICTIONS = 'test_predictions.npz'
 TEACHER_FILE = 'teacher.json'
@@ -85,6 +87,18 @@ class ChainLayout:
             if name:
                 found.append((int(name.group(2)), path))
         return sorted(found, reverse=True)
+
+    def last_checkpoint(self, m: int) -> Optional[str]:
+        """The checkpoint of generation m that its ``last_checkpoint`` file
+        names (by file name: the work_dir may have moved since), if that
+        file exists and names one in its folder."""
+        try:
+            with open(self.gen_file(m, LAST_CHECKPOINT)) as f:
+                name = osp.basename(f.read().strip())
+        except OSError:
+            return None
+        path = self.gen_file(m, name)
+        return path if name and osp.isfile(path) else None
 
     def best_checkpoints(self, m: int) -> List[str]:
         """Generation m's ``best_*.pth``, oldest first."""

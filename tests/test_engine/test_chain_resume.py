@@ -247,13 +247,14 @@ RESUME_OPTIONS = [
 
 
 def run_chain(config, work_dir, python, extra_env=None, resume=False,
-              expect=0):
+              expect=0, options=()):
     env = {'OMP_NUM_THREADS': '1', 'PYTHONPATH': REPO}
     env.update(extra_env or {})
     args = [python, 'tools/train.py', str(config), '--work-dir', str(work_dir)]
     if resume:
         args.append('--resume')
-    return run_tool(args + RESUME_OPTIONS, env=env, expect=expect)
+    return run_tool(args + RESUME_OPTIONS + list(options), env=env,
+                    expect=expect)
 
 
 def chain_result(work_dir):
@@ -319,6 +320,90 @@ def test_chain_killed_anywhere_resumes_to_the_same_result(
     assert {p: p.stat().st_mtime_ns for p in finished} == finished
     assert not list(work_dir.rglob('*.tmp-*'))
 
+    assert_same_chain(work_dir, uninterrupted)
+
+
+SIGNALLER = textwrap.dedent("""
+    import os
+    import os.path as osp
+    import signal
+
+    from mmengine.hooks import Hook
+    from mmpretrain.registry import HOOKS
+
+    WHERE = os.environ.get('SIGNAL_AT', '')
+
+
+    @HOOKS.register_module()
+    class SignalHook(Hook):
+        # What SLURM's --signal=USR1@T does before a time limit.
+        priority = 'LOWEST'
+
+        def _gen(self, runner):
+            return osp.basename(runner.work_dir)
+
+        def after_train_iter(self, runner, batch_idx, data_batch=None,
+                             outputs=None):
+            if WHERE == 'mid_epoch' and self._gen(runner) == 'gen_1' \\
+                    and runner.epoch == 1 and batch_idx == 4:
+                os.kill(os.getpid(), signal.SIGUSR1)
+
+        def after_train(self, runner):
+            if WHERE == 'between_generations' and \\
+                    self._gen(runner) == 'gen_0':
+                os.kill(os.getpid(), signal.SIGUSR1)
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('signal_at', ['mid_epoch', 'between_generations'])
+def test_a_signalled_chain_stops_for_requeue_and_resumes_to_the_same_result(
+        uninterrupted, tmp_path, python, signal_at):
+    """SIGUSR1 (SLURM's warning before a time limit): the run stops at the
+    next iteration boundary with a checkpoint there, or between
+    generations, and exits 75; the resumed run continues at the next batch
+    and ends equal to an uninterrupted run."""
+    signalling = config_with_hook(tmp_path, CHAIN, SIGNALLER,
+                                  "dict(type='SignalHook')")
+    work_dir = tmp_path / 'chain'
+    env = {'SIGNAL_AT': signal_at,
+           'PYTHONPATH': f'{tmp_path}{os.pathsep}{REPO}'}
+    stopped = run_chain(signalling, work_dir, python, env, expect=75)
+    assert (work_dir / 'gen_0' / 'generation.json').is_file()
+    assert not (work_dir / 'gen_1' / 'generation.json').exists()
+    if signal_at == 'mid_epoch':
+        # 21 batches per epoch: epoch 2 stopped after its 5th batch.
+        assert 'SIGUSR1: stopped at epoch 2, batch 5/21' in stopped.log
+        checkpoint = work_dir / 'gen_1' / 'iter_26.pth'
+        assert checkpoint.is_file()
+        assert (work_dir / 'gen_1' / 'last_checkpoint').read_text() == \
+            str(checkpoint)
+    else:
+        assert 'SIGUSR1: stopped before generation 1' in stopped.log
+        assert not (work_dir / 'gen_1').exists()
+
+    resumed = run_chain(CHAIN, work_dir, python, resume=True)
+    if signal_at == 'mid_epoch':
+        assert re.search(r'generation 1: resuming from .*iter_26\.pth',
+                         resumed.log)
+        assert 'continuing at batch 6' in resumed.log
+        # Superseded by the epoch's own checkpoint.
+        assert not checkpoint.exists()
+    assert_same_chain(work_dir, uninterrupted)
+
+
+@pytest.mark.slow
+def test_stop_after_trains_a_chain_generation_by_generation(
+        uninterrupted, tmp_path, python):
+    work_dir = tmp_path / 'chain'
+    first = run_chain(CHAIN, work_dir, python,
+                      options=['generations.stop_after=1'])
+    assert 'stopped after generation 1 as generations.stop_after asks' \
+        in first.log
+    with open(work_dir / 'generations.json') as f:
+        assert [r['generation'] for r in json.load(f)] == [0, 1]
+    assert not (work_dir / 'gen_2').exists()
+    run_chain(CHAIN, work_dir, python, resume=True)
     assert_same_chain(work_dir, uninterrupted)
 
 

@@ -262,3 +262,44 @@ def test_one_ranks_failure_stops_the_ddp_chain_with_its_error(
     assert 'rank 1 broke in generation 1' in proc.stdout + proc.stderr
     assert (tmp_path / 'wd' / 'gen_0' / 'generation.json').is_file()
     assert not (tmp_path / 'wd' / 'gen_1' / 'generation.json').exists()
+
+
+# What a rank on a node without the shared filesystem sees: another
+# folder (its own, empty).
+RANK_OWN_WORK_DIR = textwrap.dedent("""
+    import os
+    import runpy
+    import sys
+
+    i = sys.argv.index('--work-dir') + 1
+    sys.argv[i] += f"_seen_by_rank{os.environ['RANK']}"
+    sys.argv[0] = os.environ['TRAIN_TOOL']
+    runpy.run_path(sys.argv[0], run_name='__main__')
+""")
+
+
+@pytest.mark.slow
+def test_a_work_dir_not_shared_by_every_rank_stops_all_before_training(
+        tmp_path, python):
+    wrapper = tmp_path / 'own_work_dir.py'
+    wrapper.write_text(RANK_OWN_WORK_DIR)
+    work_dir = tmp_path / 'wd'
+    proc = run_tool(
+        [
+            python, '-m', 'torch.distributed.run', '--nproc_per_node=2',
+            f'--master_port={random.randint(20000, 40000)}',
+            str(wrapper), CHAIN, '--work-dir', str(work_dir), '--launcher',
+            'pytorch', '--cfg-options', 'train_cfg.max_epochs=1'
+        ],
+        env={'TRAIN_TOOL': osp.join(REPO, 'tools', 'train.py'),
+             'PYTHONPATH': REPO, 'CUDA_VISIBLE_DEVICES': ''},
+        timeout=300, expect=None)
+    assert proc.returncode != 0
+    rank0_dir = tmp_path / 'wd_seen_by_rank0'
+    assert re.search(
+        rf'the work_dir {re.escape(str(rank0_dir))} is not shared by every '
+        r'rank: rank 1 on \S+ did not find the file rank 0', proc.log)
+    # Both ranks stopped before any generation started.
+    assert 'Epoch(train)' not in proc.log
+    assert not list(rank0_dir.glob('gen_*'))
+    assert not (rank0_dir / '.shared_by_all_ranks').exists()

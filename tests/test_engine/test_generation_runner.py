@@ -386,3 +386,52 @@ def test_a_chain_that_fails_before_training_leaves_no_generation(
               '--cfg-options', 'generations.num_generations=1',
               'train_cfg.max_epochs=1'])
     assert (tmp_path / 'gen_1' / 'generation.json').is_file()
+
+
+def test_every_generation_can_stop_and_resume_mid_epoch(tmp_path):
+    """The chain adds the PreemptionHook (a config's own one, with its
+    settings, once) and runs MMEngine's epoch loop as the resumable one,
+    which chain.json records as the epoch loop it stands for (chains
+    recorded before it resume unchanged)."""
+    from mmtolerant.engine.runner.chain_record import generation_record
+    plain = GenerationRunner.from_cfg(chain_cfg(tmp_path / 'a'))
+    own = GenerationRunner.from_cfg(chain_cfg(
+        tmp_path / 'b', custom_hooks=[
+            dict(type='PreemptionHook', signals=['SIGTERM'],
+                 check_interval=5)
+        ]))
+    for runner, hook in ((plain, dict(type='PreemptionHook')),
+                         (own, dict(type='PreemptionHook',
+                                    signals=['SIGTERM'],
+                                    check_interval=5))):
+        for cfg in runner.generation_cfgs:
+            hooks = [h for h in cfg.custom_hooks
+                     if h['type'] == 'PreemptionHook']
+            assert hooks == [hook]
+            assert cfg.train_cfg == dict(
+                type='ResumableEpochBasedTrainLoop', max_epochs=1,
+                val_interval=1)
+            record = generation_record(cfg, runner.settings)
+            assert record['train_cfg'] == dict(by_epoch=True, max_epochs=1,
+                                               val_interval=1)
+
+
+@pytest.mark.parametrize('options, message', [
+    ({'generations.stop_after': 3},
+     r'stop_after must be None or a generation 0\.\.2, got 3'),
+    ({'generations.stop_after': True}, 'stop_after must be None'),
+    ({'custom_hooks': [dict(type='PreemptionHook', signals=['SIGKILL'])]},
+     r"'SIGKILL' is not a signal that can be caught"),
+    ({'custom_hooks': [dict(type='PreemptionHook', signals=['USR1'])]},
+     r"'USR1' is not a signal that can be caught"),
+    ({'custom_hooks': [dict(type='PreemptionHook', check_interval=0)]},
+     r'check_interval must be an int >= 1, got 0'),
+])
+def test_bad_stop_settings_are_refused_naming_the_value(
+        tmp_path, options, message):
+    from mmpretrain.registry import HOOKS
+    cfg = chain_cfg(tmp_path, **options)
+    with pytest.raises(ValueError, match=message):
+        runner = GenerationRunner.from_cfg(cfg)
+        for hook in runner.generation_cfgs[0].custom_hooks:
+            HOOKS.build(hook)

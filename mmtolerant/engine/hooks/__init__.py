@@ -2,9 +2,10 @@ from .chain_progress_hook import ChainProgressHook
 from .epoch_seed_hook import EpochSeedHook
 from .export_model_hook import ExportModelHook
 from .generation_finish_hook import GenerationFinishHook
+from .preemption_hook import PreemptionHook
 from .teacher_cache_logger_hook import TeacherCacheLoggerHook
 
 __all__ = [
     'ChainProgressHook', 'EpochSeedHook', 'ExportModelHook',
-    'GenerationFinishHook', 'TeacherCacheLoggerHook'
+    'GenerationFinishHook', 'PreemptionHook', 'TeacherCacheLoggerHook'
 ]

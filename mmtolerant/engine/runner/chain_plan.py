@@ -82,8 +82,16 @@ def _check_teacher_export(layout: ChainLayout, m: int) -> None:
 
 
 def latest_checkpoint(layout: ChainLayout, m: int) -> Optional[str]:
-    """The newest checkpoint of generation m that loads, if any."""
-    for _, path in layout.checkpoints(m):
+    """The newest checkpoint of generation m that loads, if any: the one
+    ``last_checkpoint`` names (MMEngine's CheckpointHook and the
+    PreemptionHook write it: an epoch's and a mid-epoch checkpoint have
+    numbers that do not compare), else by number."""
+    ordered = [path for _, path in layout.checkpoints(m)]
+    last = layout.last_checkpoint(m)
+    if last in ordered:
+        ordered.remove(last)
+        ordered.insert(0, last)
+    for path in ordered:
         try:
             safe_torch_load(path)
         except CheckpointLoadError as e:

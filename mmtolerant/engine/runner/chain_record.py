@@ -40,10 +40,22 @@ def _without_data_location(dataset: Any) -> Any:
     }
 
 
+def _as_epoch_loop(train_cfg: Any) -> Any:
+    """The chain's resumable epoch loop recorded as the epoch loop it
+    replaces (it changes how a stopped epoch resumes, not what an epoch
+    computes)."""
+    if isinstance(train_cfg, dict) and \
+            train_cfg.get('type') == 'ResumableEpochBasedTrainLoop':
+        train_cfg = {k: v for k, v in train_cfg.items() if k != 'type'}
+        train_cfg['by_epoch'] = True
+    return train_cfg
+
+
 def generation_record(cfg: Config,
                       settings: GenerationSettings) -> Dict[str, Any]:
     """What generation ``cfg`` computes, as plain data."""
     record = {key: plain_data(cfg.get(key)) for key in _SECTIONS}
+    record['train_cfg'] = _as_epoch_loop(record['train_cfg'])
     model = record['model']
     if isinstance(model, dict):
         for name in _SPEED_ONLY_SETTINGS:

@@ -24,7 +24,11 @@ from .generation_settings import GenerationSettings
 # Hooks the chain adds to every generation itself (a config that lists one
 # gets it once, as the chain sets it up).
 CHAIN_HOOKS = ('ExportModelHook', 'ChainProgressHook', 'EpochSeedHook',
-               'GenerationFinishHook', 'TeacherCacheLoggerHook')
+               'GenerationFinishHook', 'TeacherCacheLoggerHook',
+               'PreemptionHook')
+# MMEngine's epoch loop, and ours that also resumes mid-epoch.
+_EPOCH_LOOPS = ('EpochBasedTrainLoop', 'mmengine.EpochBasedTrainLoop')
+RESUMABLE_LOOP = 'ResumableEpochBasedTrainLoop'
 # The settings of the chain passed on to every student's model.
 _TEACHER_OPTIONS = ('teacher_cache', 'teacher_autocast', 'teacher_compile',
                     'teacher_channels_last')
@@ -74,6 +78,7 @@ def generation_cfg(chain_cfg: Config, settings: GenerationSettings,
         # After the overrides, so that they edit the dataset itself.
         _use_augmentation_views(cfg, views)
     _add_chain_hooks(cfg, chain_cfg, settings, m)
+    _resume_mid_epoch(cfg)
     _use_chain_logging(cfg, chain_cfg, m)
     use_atomic_checkpoints(cfg)
     cpu_ddp_cfg(cfg)
@@ -210,6 +215,7 @@ def _add_chain_hooks(cfg: Config, chain_cfg: Config,
         h for h in (cfg.get('custom_hooks') or [])
         if h.get('type') not in CHAIN_HOOKS
     ]
+    hooks += [preemption_hook_cfg(cfg)]
     hooks += [
         dict(type='ChainProgressHook', generation=m,
              num_generations=settings.num_generations, role=role,
@@ -223,6 +229,28 @@ def _add_chain_hooks(cfg: Config, chain_cfg: Config,
     if m >= 1 and settings.teacher_cache is not None:
         hooks.append(dict(type='TeacherCacheLoggerHook'))
     cfg.custom_hooks = hooks
+
+
+def preemption_hook_cfg(cfg: Config) -> dict:
+    """The config's own ``PreemptionHook`` (its signals, its interval),
+    else the default one."""
+    for hook in cfg.get('custom_hooks') or []:
+        if hook.get('type') == 'PreemptionHook':
+            return copy.deepcopy(hook)
+    return dict(type='PreemptionHook')
+
+
+def _resume_mid_epoch(cfg: Config) -> None:
+    """MMEngine's epoch loop becomes :class:`ResumableEpochBasedTrainLoop`
+    (same arguments), so a generation stopped by a signal continues its
+    epoch where it stopped."""
+    train_cfg = cfg.get('train_cfg')
+    if not isinstance(train_cfg, dict):
+        return
+    if train_cfg.get('type') in _EPOCH_LOOPS or (
+            'type' not in train_cfg and train_cfg.get('by_epoch') is True):
+        train_cfg.pop('by_epoch', None)
+        train_cfg['type'] = RESUMABLE_LOOP
 
 
 def _use_chain_logging(cfg: Config, chain_cfg: Config, m: int) -> None:

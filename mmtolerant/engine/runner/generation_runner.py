@@ -20,12 +20,15 @@ from mmtolerant.evaluation.generation_report import (plot_report,
                                                      write_report)
 from mmtolerant.utils.chain_layout import (EXPORT_CKPT, GENERATION_FILE,
                                            LOCK_FILE, REPORT_MD, ChainLayout)
-from mmtolerant.utils.distributed import agree, init_distributed
+from mmtolerant.utils import preemption
+from mmtolerant.utils.distributed import (agree, check_shared_dir,
+                                          init_distributed)
 from mmtolerant.utils.work_dir_lock import WorkDirLock
 from .chain_plan import ChainPlan, plan_chain, record_teacher
 from .chain_visualizer import write_generation_scalars
 from .generation_config import (check_cache_input, check_generation_cfgs,
-                                generation_cfgs, generation_test_cfg)
+                                generation_cfgs, generation_test_cfg,
+                                preemption_hook_cfg)
 from .generation_settings import GenerationSettings
 
 
@@ -118,9 +121,14 @@ class GenerationRunner:
                 "checkpoint=...)}}")
         init_distributed(self.launcher,
                          (self.cfg.get('env_cfg') or {}).get('dist_cfg'))
+        # A signal that comes between two generations stops the chain there.
+        preemption.listen(
+            preemption_hook_cfg(self.generation_cfgs[0]).get(
+                'signals', preemption.DEFAULT_SIGNALS))
         try:
             return self._train_chain()
         finally:
+            preemption.stop_listening()
             self._lock.release()
 
     def _train_chain(self) -> List[dict]:
@@ -135,16 +143,38 @@ class GenerationRunner:
                 _log(f'generation {m}/{self.num_generations} is finished: '
                      f'top-1 {self.records[-1]["top1"]:.2f}; not retrained')
                 continue
+            if self._stops_before(m):
+                break
             self._train_generation(m, plan)
             self.records.append(self._read_record(m))
             if is_main_process():
                 self._report(m)
         self._join_plot()
         if is_main_process():
-            _log(f'chain finished in {time.time() - chain_start:.0f} s '
-                 f'(this process); report in {self.layout.path(REPORT_MD)}\n'
-                 + render_markdown(self.records, self.title))
+            done = 'chain finished' if len(
+                self.records) > self.num_generations else (
+                    f'stopped after generation {len(self.records) - 1} as '
+                    'generations.stop_after asks (--resume continues)')
+            _log(f'{done} in {time.time() - chain_start:.0f} s (this '
+                 f'process); report in {self.layout.path(REPORT_MD)}\n' +
+                 render_markdown(self.records, self.title))
         return self.records
+
+    def _stops_before(self, m: int) -> bool:
+        """Whether the chain ends before training generation m: True as
+        ``stop_after`` asks; raises :class:`Requeue` after a signal (every
+        rank, at the same point)."""
+        signal_name = preemption.agree()
+        if signal_name is not None:
+            self._join_plot()
+            message = (f'[chain] {signal_name}: stopped before generation '
+                       f'{m} (generations 0..{m - 1} are finished); exiting '
+                       f'with code {preemption.REQUEUE_EXIT_CODE} (requeue); '
+                       f'--resume starts generation {m}')
+            _log(message, logging.WARNING)
+            raise preemption.Requeue(message)
+        stop = self.settings.stop_after
+        return stop is not None and m > stop
 
     def test(self) -> dict:
         """Test a model of the chain on the config's test set, as stock
@@ -220,6 +250,7 @@ class GenerationRunner:
             raise failure  # its own type and traceback
         if error is not None:
             raise RuntimeError(f'rank 0 could not plan the chain: {error}')
+        check_shared_dir(self.work_dir)
         return plan
 
     def _train_generation(self, m: int, plan: ChainPlan) -> None:

@@ -73,6 +73,12 @@ class GenerationSettings:
             the teachers run in the channels-last memory layout. Default
             None: not given, so the classifier's own setting applies (by
             default automatic: channels-last unless it fails).
+        stop_after (int, optional): Stop the run once generation
+            ``stop_after`` is finished (its report written; exit code 0),
+            to train a long chain generation by generation: a later run
+            with ``--resume`` (and a later or no ``stop_after``) continues
+            it. Not part of what the chain records: changing it between
+            runs is expected. Default None: train to M^N.
     """
     num_generations: int
     tolerant: str = 'patriarch'
@@ -89,6 +95,7 @@ class GenerationSettings:
     teacher_autocast: Optional[str] = None
     teacher_compile: Any = False
     teacher_channels_last: Optional[bool] = None
+    stop_after: Optional[int] = None
 
     @classmethod
     def from_cfg(cls, cfg: Optional[dict]) -> 'GenerationSettings':
@@ -151,6 +158,11 @@ class GenerationSettings:
         check_teacher_options('generations', self.teacher_autocast,
                               self.teacher_compile,
                               self.teacher_channels_last)
+        stop = self.stop_after
+        if stop is not None and (isinstance(stop, bool) or not isinstance(
+                stop, numbers.Integral) or not 0 <= stop <= n):
+            _fail(f'stop_after must be None or a generation 0..{n}, got '
+                  f'{stop!r}')
         if not isinstance(self.report_train, bool):
             _fail(f'report_train must be True or False, got '
                   f'{self.report_train!r}')
