@@ -42,6 +42,9 @@ setup(
         # A full mmcv, for `mim install -e .` users (mim reads
         # requirements/mminstall.txt itself).
         'mim': read_requirements('mminstall.txt'),
+        # submitit, for sweeps on a SLURM cluster (tools/analysis/sweep.py
+        # --launcher slurm).
+        'cluster': read_requirements('cluster.txt'),
     },
     classifiers=[
         'Programming Language :: Python :: 3',

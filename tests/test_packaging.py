@@ -26,7 +26,8 @@ def test_the_install_declares_the_requirements_files():
             by_extra.setdefault(extra, set()).add(r)
     assert {str(r) for r in runtime} == {str(r) for r in _listed(
         'runtime.txt')}
-    for extra, name in (('tests', 'tests.txt'), ('mim', 'mminstall.txt')):
+    for extra, name in (('tests', 'tests.txt'), ('mim', 'mminstall.txt'),
+                        ('cluster', 'cluster.txt')):
         assert {str(r) for r in by_extra[extra]} == {
             str(r) for r in _listed(name)}, extra
 

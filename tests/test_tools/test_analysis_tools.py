@@ -21,7 +21,7 @@ def progress_lines(proc, tool):
 
 @pytest.mark.slow
 def test_plot_chains_tool_compares_chains_side_by_side(chain, tmp_path,
-                                                      python):
+                                                       python):
     work_dir, records = chain
     run_tool([
         python, 'tools/analysis/plot_chains.py',
@@ -55,7 +55,7 @@ def test_secondary_info_tool_reads_a_chains_saved_predictions(
     for m, row in enumerate(rows):
         with np.load(work_dir / f'gen_{m}' / 'test_predictions.npz') as d:
             expected = secondary_info(d['scores'], 3, [0, 1, 0, 0, 0, 2, 0,
-                                                        2, 3, 2])
+                                                       2, 3, 2])
         for key, value in expected.items():
             assert row[key] == pytest.approx(value)
         assert row['mean_top1_prob'] == pytest.approx(
@@ -127,7 +127,7 @@ def test_secondary_info_tool_averages_chains_that_share_a_label(
 
 @pytest.mark.slow
 def test_linear_probe_tool_equals_a_probe_fitted_by_hand(chain, tmp_path,
-                                                        python):
+                                                         python):
     from mmengine.dataset import pseudo_collate
     from mmpretrain.apis import init_model
     from mmpretrain.registry import DATASETS
