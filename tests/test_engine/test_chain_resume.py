@@ -344,8 +344,9 @@ SIGNALLER = textwrap.dedent("""
 
         def after_train_iter(self, runner, batch_idx, data_batch=None,
                              outputs=None):
-            if WHERE == 'mid_epoch' and self._gen(runner) == 'gen_1' \\
-                    and runner.epoch == 1 and batch_idx == 4:
+            if self._gen(runner) == 'gen_1' and runner.epoch == 1 and (
+                    WHERE == 'mid_epoch' and batch_idx == 4
+                    or WHERE == 'last_batch' and batch_idx == 20):
                 os.kill(os.getpid(), signal.SIGUSR1)
 
         def after_train(self, runner):
@@ -356,7 +357,8 @@ SIGNALLER = textwrap.dedent("""
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('signal_at', ['mid_epoch', 'between_generations'])
+@pytest.mark.parametrize('signal_at',
+                         ['mid_epoch', 'last_batch', 'between_generations'])
 def test_a_signalled_chain_stops_for_requeue_and_resumes_to_the_same_result(
         uninterrupted, tmp_path, python, signal_at):
     """SIGUSR1 (SLURM's warning before a time limit): the run stops at the
@@ -371,10 +373,11 @@ def test_a_signalled_chain_stops_for_requeue_and_resumes_to_the_same_result(
     stopped = run_chain(signalling, work_dir, python, env, expect=75)
     assert (work_dir / 'gen_0' / 'generation.json').is_file()
     assert not (work_dir / 'gen_1' / 'generation.json').exists()
-    if signal_at == 'mid_epoch':
-        # 21 batches per epoch: epoch 2 stopped after its 5th batch.
-        assert 'SIGUSR1: stopped at epoch 2, batch 5/21' in stopped.log
-        checkpoint = work_dir / 'gen_1' / 'iter_26.pth'
+    # 21 batches per epoch: epoch 2 stopped after its 5th or 21st batch.
+    batch = {'mid_epoch': 5, 'last_batch': 21}.get(signal_at)
+    if batch:
+        assert f'SIGUSR1: stopped at epoch 2, batch {batch}/21' in stopped.log
+        checkpoint = work_dir / 'gen_1' / f'iter_{21 + batch}.pth'
         assert checkpoint.is_file()
         assert (work_dir / 'gen_1' / 'last_checkpoint').read_text() == \
             str(checkpoint)
@@ -383,10 +386,12 @@ def test_a_signalled_chain_stops_for_requeue_and_resumes_to_the_same_result(
         assert not (work_dir / 'gen_1').exists()
 
     resumed = run_chain(CHAIN, work_dir, python, resume=True)
-    if signal_at == 'mid_epoch':
-        assert re.search(r'generation 1: resuming from .*iter_26\.pth',
-                         resumed.log)
-        assert 'continuing at batch 6' in resumed.log
+    if batch:
+        assert re.search(
+            rf'generation 1: resuming from .*iter_{21 + batch}\.pth',
+            resumed.log)
+        assert ('continuing at batch 6' if batch == 5 else
+                'ending the epoch') in resumed.log
         # Superseded by the epoch's own checkpoint.
         assert not checkpoint.exists()
     assert_same_chain(work_dir, uninterrupted)

@@ -31,18 +31,23 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
 
     def run_epoch(self) -> None:
         """Iterate one epoch (from the batch after the last one trained)."""
-        done = self._iter - self._epoch * len(self.dataloader)
-        if not 0 < done < len(self.dataloader):
+        batches = len(self.dataloader)
+        done = self._iter - self._epoch * batches
+        if not 0 < done <= batches:
             return super().run_epoch()
+        # Stopped after batch `done`; after the last one the epoch only
+        # ends (checkpoint, validation, schedulers), it is not trained.
         print_log(
             f'[resume] epoch {self._epoch + 1}: its first {done} of '
-            f'{len(self.dataloader)} batches were trained before the stop; '
-            f'continuing at batch {done + 1}', logger='current')
+            f'{batches} batches were trained before the stop; ' +
+            (f'continuing at batch {done + 1}'
+             if done < batches else 'ending the epoch'), logger='current')
         self.runner.call_hook('before_train_epoch')
         self.runner.model.train()
-        for idx, data_batch in enumerate(self.dataloader):
-            if idx >= done:
-                self.run_iter(idx, data_batch)
+        if done < batches:
+            for idx, data_batch in enumerate(self.dataloader):
+                if idx >= done:
+                    self.run_iter(idx, data_batch)
         self.runner.call_hook('after_train_epoch')
         self._epoch += 1
 
