@@ -1,6 +1,7 @@
-"""tools/analysis/sweep.py's launchers: the local pool's GPU split, the
-SLURM job array's parameters, and a chain requeued by submitit's local
-executor. (Its grid and tables: tests/test_tools/test_analysis_tools.py.)"""
+"""tools/analysis/sweep.py's launchers (mmtolerant/utils/chain_jobs.py):
+the local pool's GPU split, the SLURM job array's parameters, and a chain
+requeued by submitit's local executor. (Its grid and tables:
+tests/test_tools/test_analysis_tools.py.)"""
 import importlib.util
 import json
 import os
@@ -15,19 +16,17 @@ import time
 import pytest
 
 from conftest import CHAIN, REPO
+from mmtolerant.utils import chain_jobs
 
 
 @pytest.fixture(scope='module')
 def sweep():
-    """The tool as a module (registered, so that the jobs it pickles load
-    again in this process)."""
+    """The tool as a module (its arguments, plan and runs)."""
     spec = importlib.util.spec_from_file_location(
         'sweep_tool', osp.join(REPO, 'tools', 'analysis', 'sweep.py'))
     module = importlib.util.module_from_spec(spec)
-    sys.modules['sweep_tool'] = module
     spec.loader.exec_module(module)
-    yield module
-    del sys.modules['sweep_tool']
+    return module
 
 
 def parse(sweep, monkeypatch, *argv):
@@ -35,15 +34,15 @@ def parse(sweep, monkeypatch, *argv):
     return sweep.parse_args()
 
 
-def test_gpu_slots_split_the_visible_gpus_and_ports(sweep):
-    assert sweep.gpu_slots(2, 2, ['4', '5', '6', '7'], 29600) == [
+def test_gpu_slots_split_the_visible_gpus_and_ports():
+    assert chain_jobs.gpu_slots(2, 2, ['4', '5', '6', '7'], 29600) == [
         (['4', '5'], 29600), (['6', '7'], 29601)]
-    assert sweep.gpu_slots(1, 3, ['0', '1', '2', '3'], 29500) == [
+    assert chain_jobs.gpu_slots(1, 3, ['0', '1', '2', '3'], 29500) == [
         (['0'], 29500), (['1'], 29501), (['2'], 29502)]
     with pytest.raises(SystemExit, match=re.escape(
             '--gpus 2 x --parallel 3 needs 6 GPUs; 4 are visible '
             '(4,5,6,7')):
-        sweep.gpu_slots(2, 3, ['4', '5', '6', '7'])
+        chain_jobs.gpu_slots(2, 3, ['4', '5', '6', '7'])
 
 
 def test_chain_command_runs_a_slot_on_its_gpus_and_port(sweep):
@@ -51,8 +50,11 @@ def test_chain_command_runs_a_slot_on_its_gpus_and_port(sweep):
                                   3, ['train_cfg.max_epochs=1'])
     assert options == ['generations.teacher_loss.eta=0.5',
                        'randomness.seed=3', 'train_cfg.max_epochs=1']
-    cmd, env = sweep.chain_command('c.py', options, 'w', gpus=2, resume=True,
-                                   devices=['6', '7'], port=29501)
+    # The chains run the tools of the sweep's checkout.
+    assert sweep.TOOLS == osp.join(REPO, 'tools')
+    cmd, env = chain_jobs.chain_command(sweep.TOOLS, 'c.py', options, 'w',
+                                        gpus=2, resume=True,
+                                        devices=['6', '7'], port=29501)
     assert cmd == ['bash', osp.join(REPO, 'tools', 'dist_train.sh'), 'c.py',
                    '2', '--work-dir', 'w', '--resume', '--cfg-options',
                    *options]
@@ -60,7 +62,8 @@ def test_chain_command_runs_a_slot_on_its_gpus_and_port(sweep):
     # torchrun's --signals-to-handle: it forwards the stop to the ranks.
     assert 'SIGUSR1' in env['PET_SIGNALS_TO_HANDLE'].split(',')
     assert env['PYTHON'] == sys.executable
-    cmd, env = sweep.chain_command('c.py', options, 'w', threads=4)
+    cmd, env = chain_jobs.chain_command(sweep.TOOLS, 'c.py', options, 'w',
+                                        threads=4)
     assert cmd[:3] == [sys.executable,
                        osp.join(REPO, 'tools', 'train.py'), 'c.py']
     assert '--resume' not in cmd
@@ -164,14 +167,15 @@ class FakeJob:
 def test_local_executor_runs_parallel_jobs_on_disjoint_gpus_and_ports(
         sweep, monkeypatch, tmp_path):
     executor = FakeExecutor()
-    monkeypatch.setattr(sweep, 'make_executor', lambda args: executor)
-    monkeypatch.setitem(sweep.POLL_S, 'submitit-local', 0.05)
+    monkeypatch.setattr(chain_jobs, 'make_executor', lambda options: executor)
+    monkeypatch.setitem(chain_jobs.POLL_S, 'submitit-local', 0.05)
     args = parse(sweep, monkeypatch, CHAIN, '--seeds', *range(5),
                  '--launcher', 'submitit-local', '--gpus', 2, '--parallel',
                  2, '--work-dir', tmp_path / 'sweep')
     _, settings, runs = sweep.plan(args)
-    slots = sweep.gpu_slots(2, 2, ['4', '5', '6', '7'], 29500)
-    assert sweep.run_jobs(args, settings, runs, slots) == []
+    slots = chain_jobs.gpu_slots(2, 2, ['4', '5', '6', '7'], 29500)
+    assert chain_jobs.run_jobs(sweep.chain_runs(args, settings, runs),
+                               sweep.job_options(args), slots) == []
     assert len(executor.jobs) == 5 and executor.clashes == []
     assert max(j.at_once for j in executor.jobs) == 2
     for job in executor.jobs:
@@ -201,8 +205,10 @@ def test_slurm_launcher_submits_one_array_with_the_options(
                  '--array-parallelism', 1, '--slurm-args', 'qos=high',
                  'mem_gb=32', 'reservation=tsd')
     grid, settings, runs = sweep.plan(args)
-    jobs = sweep.submit_array(sweep.make_executor(args), [
-        sweep.chain_job(run, settings, args) for run in runs])
+    options = sweep.job_options(args)
+    jobs = chain_jobs.submit_array(chain_jobs.make_executor(options), [
+        chain_jobs.chain_job(chain, options)
+        for chain in sweep.chain_runs(args, settings, runs)])
     assert [job.job_id for job in jobs] == ['4242_0', '4242_1']
     flags = set(re.findall(r'^#SBATCH (\S+)$', script.read_text(), re.M))
     assert {'--array=0-1%1', '--partition=gpu', '--gpus-per-node=2',
@@ -211,9 +217,12 @@ def test_slurm_launcher_submits_one_array_with_the_options(
             '--reservation=tsd'} <= flags
     # Each job runs its own chain, by absolute paths (a job may start in
     # another folder), and takes its port when it starts (chains of an
-    # array may share a node).
+    # array may share a node). It is pickled by reference to the installed
+    # module, which the job imports.
     from submitit.core.utils import DelayedSubmission
     job = DelayedSubmission.load(jobs[1].paths.submitted_pickle).function
+    assert type(job) is chain_jobs.ChainJob
+    assert job.tools == osp.join(REPO, 'tools')
     assert job.name == 'tsd_resnet18-w8_1xb64_digits_seed1'
     assert job.config == CHAIN and job.gpus == 2 and job.port is None
     assert job.work_dir == str(tmp_path / 'sweep' / job.name)
@@ -229,7 +238,7 @@ def test_slurm_only_options_are_refused_by_the_pool(sweep, monkeypatch,
     assert '--partition: for --launcher slurm' in capsys.readouterr().err
     with pytest.raises(SystemExit, match="--slurm-args takes key=value; "
                        "got 'qos'"):
-        sweep.parse_slurm_args(['qos'])
+        chain_jobs.parse_slurm_args(['qos'])
 
 
 def wait_for(predicate, what, timeout_s=240):
@@ -260,35 +269,35 @@ time.sleep(120)
 
 
 def test_stop_run_reaches_the_training_under_bash_and_waits_for_it(
-        sweep, tmp_path):
+        tmp_path):
     # As under tools/dist_train.sh: bash leads the group and waits for its
     # child, which alone handles the stop.
     (tmp_path / 'training.py').write_text(TRAINING)
     marker = tmp_path / 'marker'
     with open(tmp_path / 'out', 'w') as out:
-        proc = sweep.start_command(
+        proc = chain_jobs.start_command(
             ['bash', '-c', f'{sys.executable} {tmp_path}/training.py '
              f'{marker}; echo "bash saw $?"'], {}, out, whole_group=True)
     wait_for(lambda: marker.is_file() and marker.read_text() == 'ready',
              'training start', 60)
     start = time.monotonic()
-    sweep.stop_run(proc.pid, True, 30)
+    chain_jobs.stop_run(proc.pid, True, 30)
     assert time.monotonic() - start < 10
     assert marker.read_text() == 'stopped' and group_gone(proc.pid)
     # bash outlived the stop (it ignores it) and saw the training's code.
     assert (tmp_path / 'out').read_text() == 'bash saw 75\n'
 
 
-def test_stop_run_kills_a_run_that_does_not_stop_in_time(sweep, tmp_path):
+def test_stop_run_kills_a_run_that_does_not_stop_in_time(tmp_path):
     with open(tmp_path / 'out', 'w') as out:
-        proc = sweep.start_command(
+        proc = chain_jobs.start_command(
             [sys.executable, '-c', 'import signal, time; signal.signal('
              'signal.SIGUSR1, signal.SIG_IGN); print("ready", flush=True); '
              'time.sleep(120)'], {}, out, whole_group=False)
     wait_for(lambda: 'ready' in (tmp_path / 'out').read_text(),
              'start', 60)
     start = time.monotonic()
-    sweep.stop_run(proc.pid, False, 1)
+    chain_jobs.stop_run(proc.pid, False, 1)
     assert 1 <= time.monotonic() - start < 10 and group_gone(proc.pid)
 
 

@@ -66,33 +66,21 @@ machine (--parallel at a time, GPUs as the pool) with the same options: a
 dry run of the cluster path, and what the tests use.
 """
 import argparse
-import functools
 import itertools
 import json
 import os
 import os.path as osp
-import queue
-import signal
-import socket
-import subprocess
-import sys
-import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from mmtolerant.evaluation.chain_results import load_chain_report
 from mmtolerant.evaluation.mean_std import format_mean_std, mean_std
+from mmtolerant.utils.chain_jobs import (DEFAULT_PORT, LAUNCHERS, ChainRun,
+                                         JobOptions, local_slots, run_jobs,
+                                         run_pool)
 from mmtolerant.utils.chain_layout import CHAIN_FILE
-from mmtolerant.utils.preemption import REQUEUE_EXIT_CODE
-from mmtolerant.utils.progress import Progress
 
+# train.py and dist_train.sh, which every chain runs: the sweep runs from a
+# checkout (an installed package has no tools folder).
 TOOLS = osp.dirname(osp.dirname(osp.abspath(__file__)))
-# torchrun's port of the first chain running on this machine; the next
-# ones take the following ports.
-DEFAULT_PORT = 29500
-# Seconds between two looks at the submitted jobs (on SLURM each look may
-# ask sacct).
-POLL_S = {'slurm': 10, 'submitit-local': 1}
-LAUNCHERS = ('pool', 'slurm', 'submitit-local')
 SLURM_ONLY = ('partition', 'cpus_per_task', 'array_parallelism',
               'slurm_args')
 
@@ -129,93 +117,6 @@ def chain_options(combo, seed, cfg_options):
     the options of every run."""
     return ([f'{k}={v}' for k, v in combo] + [f'randomness.seed={seed}'] +
             list(cfg_options or []))
-
-
-def chain_command(config, options, work_dir, gpus=0, resume=False,
-                  devices=None, port=None, threads=None):
-    """The command of one chain and the variables it adds to the
-    environment: ``tools/train.py`` (``tools/dist_train.sh`` on ``gpus``
-    GPUs), with ``--resume`` when its work_dir exists. ``devices`` (GPU
-    ids) and ``port`` (torchrun's) keep chains that run at once on one
-    machine apart; ``threads`` sets the torch threads of a CPU run."""
-    if gpus:
-        cmd = ['bash', osp.join(TOOLS, 'dist_train.sh'), config, str(gpus)]
-    else:
-        cmd = [sys.executable, osp.join(TOOLS, 'train.py'), config]
-    cmd += ['--work-dir', work_dir]
-    if resume:
-        cmd.append('--resume')
-    cmd += ['--cfg-options'] + list(options)
-    env = {}
-    if gpus:
-        # dist_run.sh runs $PYTHON (else the first python on PATH).
-        # torchrun forwards SIGUSR1, the stop before a requeue, to the ranks
-        # only when asked to (--signals-to-handle, read from this variable;
-        # torch >= 2.9, older ones ignore it); it forwards the other four by
-        # default.
-        env.update(PYTHON=sys.executable,
-                   PET_SIGNALS_TO_HANDLE='SIGTERM,SIGINT,SIGHUP,SIGQUIT,'
-                   'SIGUSR1')
-    if devices is not None:
-        env['CUDA_VISIBLE_DEVICES'] = ','.join(map(str, devices))
-    if port is not None:
-        env['PORT'] = str(port)
-    if threads:
-        env['OMP_NUM_THREADS'] = str(threads)
-    return cmd, env
-
-
-def visible_gpus():
-    """The ids of the GPUs this process may use: ``CUDA_VISIBLE_DEVICES``
-    when set (ids or UUIDs, as given), else every device torch sees."""
-    listed = os.environ.get('CUDA_VISIBLE_DEVICES')
-    if listed is not None:
-        return [d.strip() for d in listed.split(',') if d.strip()]
-    import torch
-    return [str(i) for i in range(torch.cuda.device_count())]
-
-
-def gpu_slots(gpus, parallel, visible, base_port=DEFAULT_PORT):
-    """``[(devices, port)]``: what each of the ``parallel`` chains running
-    at once on this machine gets, its own ``gpus`` of the ``visible`` GPUs
-    and its own torchrun port (two chains on one port or one GPU would
-    meet in one rendezvous or share the memory)."""
-    if gpus * parallel > len(visible):
-        raise SystemExit(
-            f'--gpus {gpus} x --parallel {parallel} needs {gpus * parallel} '
-            f'GPUs; {len(visible)} are visible ({",".join(visible) or "none"}'
-            ', from CUDA_VISIBLE_DEVICES or torch): lower --parallel or '
-            '--gpus')
-    return [(visible[s * gpus:(s + 1) * gpus], base_port + s)
-            for s in range(parallel)]
-
-
-def local_slots(args):
-    """The slots of the chains that run at once on this machine (the pool
-    and submitit's local executor): GPUs and port with ``--gpus``."""
-    parallel = max(1, args.parallel)
-    if not args.gpus:
-        return [(None, None)] * parallel
-    return gpu_slots(args.gpus, parallel, visible_gpus(), args.port)
-
-
-def cpu_threads(parallel):
-    """Torch threads of each of ``parallel`` CPU chains on this machine."""
-    return max(1, (os.cpu_count() or 1) // max(1, parallel))
-
-
-def launch(config, options, work_dir, args, log, slot):
-    """Run one chain in a slot of :func:`local_slots`; its exit code."""
-    devices, port = slot
-    cmd, env = chain_command(
-        config, options, work_dir, gpus=args.gpus,
-        resume=osp.isdir(work_dir), devices=devices, port=port,
-        threads=None if args.gpus else cpu_threads(args.parallel))
-    with open(log, 'a') as f:
-        f.write(f'\n$ {" ".join(cmd)}\n')
-        f.flush()
-        return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT,
-                              env={**os.environ, **env}).returncode
 
 
 def summarise(records):
@@ -439,373 +340,30 @@ def todo_runs(args, runs):
     return todo
 
 
-def outcome(name, code, seconds):
-    """How a chain ended, for its progress line: done, stopped where it
-    resumes (exit code 75) or failed."""
-    if code == 0:
-        how = 'done'
-    elif code == REQUEUE_EXIT_CODE:
-        how = f'stopped ({code}: rerun to resume)'
-    else:
-        how = f'FAILED ({code})'
-    return f'{name} {how} in {seconds:.0f} s'
+def chain_runs(args, settings, runs):
+    """The :class:`ChainRun` of each run: its grid values and seed as
+    ``--cfg-options``, its work_dir and log under ``--work-dir``."""
+    chains = []
+    for setting, seed in runs:
+        config, combo = settings[setting]
+        name = run_name(setting, seed)
+        chains.append(
+            ChainRun(name, config,
+                     chain_options(combo, seed, args.cfg_options),
+                     osp.join(args.work_dir, name),
+                     osp.join(args.work_dir, f'{name}.log')))
+    return chains
 
 
-def run_one(run, settings, args, slots):
-    """Launch one chain in a free slot; returns its exit code and seconds
-    taken."""
-    setting, seed = run
-    config, combo = settings[setting]
-    name = run_name(setting, seed)
-    slot = slots.get()
-    start = time.time()
-    try:
-        code = launch(config, chain_options(combo, seed, args.cfg_options),
-                      osp.join(args.work_dir, name), args,
-                      osp.join(args.work_dir, f'{name}.log'), slot)
-    finally:
-        slots.put(slot)
-    return code, time.time() - start
-
-
-def run_all(args, settings, todo, slots):
-    """The runs of ``todo``, ``--parallel`` at a time in a thread pool,
-    each in a slot of ``slots``, with a progress line as each ends; the
-    names of those that did not finish."""
-    parallel = len(slots)
-    free = queue.Queue()
-    for slot in slots:
-        free.put(slot)
-    # Runs finished earlier take no time: the ETA counts only those to do.
-    progress = Progress(len(todo), '[sweep] progress', unit='chains', every=0,
-                        interval_s=0)
-    unfinished = []
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
-        futures = {pool.submit(run_one, run, settings, args, free):
-                   run_name(*run) for run in todo}
-        for future in as_completed(futures):
-            name = futures[future]
-            code, seconds = future.result()
-            if code:
-                unfinished.append(name)
-            # The pool starts a queued run as soon as one ends.
-            left = len(todo) - progress.done - 1
-            running = min(parallel, left)
-            progress.update(note=(f'{outcome(name, code, seconds)}; '
-                                  f'{running} running, {left - running} '
-                                  'waiting'))
-    return [run_name(*run) for run in todo if run_name(*run) in unfinished]
-
-
-# ---------------------------------------------------------------------------
-# Chains as submitit jobs: a SLURM job array, or submitit's local executor.
-
-
-class ChainJob:
-    """One chain as a submitit job, requeued where it stops.
-
-    A call runs the chain's command (:func:`chain_command`, with
-    ``--resume`` once its work_dir exists) and returns its exit code.
-    Before a time limit or a preemption, submitit calls :meth:`checkpoint`
-    in the job: it asks the training to stop (SIGUSR1: the chain saves at
-    its next iteration boundary and exits with code 75), waits for it, and
-    hands submitit this same job to requeue, which resumes the chain.
-
-    Args:
-        name (str): The run's name (its work_dir's and log's).
-        config (str): The chain config.
-        options (list[str]): Its ``--cfg-options``.
-        work_dir (str): The chain's work_dir.
-        log (str): The file the command's output is appended to.
-        gpus (int): GPUs of the chain (``tools/dist_train.sh``), 0: one
-            process (``tools/train.py``).
-        devices (list, optional): GPU ids to use (the local executor's
-            slot); None: those the cluster gave the job.
-        port (int, optional): torchrun's port; None: a free one, as jobs of
-            an array may share a node.
-        threads (int, optional): Torch threads of a CPU run.
-        stop_timeout_s (float): How long :meth:`checkpoint` waits for the
-            training to stop before it kills it.
-    """
-
-    def __init__(self, name, config, options, work_dir, log, gpus=0,
-                 devices=None, port=None, threads=None, stop_timeout_s=60):
-        self.name = name
-        self.config = config
-        self.options = list(options)
-        self.work_dir = work_dir
-        self.log = log
-        self.gpus = gpus
-        self.devices = devices
-        self.port = port
-        self.threads = threads
-        self.stop_timeout_s = stop_timeout_s
-        self._pid = None  # the running command's, which leads its group
-
-    def __call__(self):
-        from submitit import JobEnvironment
-        job = JobEnvironment()
-        cmd, env = chain_command(
-            self.config, self.options, self.work_dir, gpus=self.gpus,
-            resume=osp.isdir(self.work_dir), devices=self.devices,
-            port=(self.port or free_port()) if self.gpus else None,
-            threads=self.threads)
-        # SIGUSR1 is the training's stop; where a cluster sends it to every
-        # process of the job, this one must not die of it.
-        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-        with open(self.log, 'a') as f:
-            f.write(f'\n# {self.name}: job {job.job_id} on {job.hostname}, '
-                    f'pid {os.getpid()}\n$ {" ".join(cmd)}\n')
-            f.flush()
-            proc = start_command(cmd, env, f, self.gpus > 0)
-        self._pid = proc.pid
-        try:
-            return proc.wait()
-        finally:
-            # Cancelled (an exception here): the training stops where it
-            # can resume rather than run on without its job.
-            if self._pid is not None and proc.poll() is None:
-                stop_run(self._pid, self.gpus > 0, self.stop_timeout_s)
-            self._pid = None
-
-    def checkpoint(self):
-        """Stop the training where it resumes; the job to requeue (what
-        submitit calls on its signal; ``submitit.helpers.Checkpointable``
-        would only add the last line)."""
-        from submitit.helpers import DelayedSubmission
-        if self._pid is not None:
-            stop_run(self._pid, self.gpus > 0, self.stop_timeout_s)
-            self._pid = None
-        return DelayedSubmission(self)
-
-    def __getstate__(self):
-        # Pickled for the requeue: the new job starts its own command.
-        return {**self.__dict__, '_pid': None}
-
-
-def start_command(cmd, env, out, whole_group):
-    """Start a chain's command (with ``env`` added, output to ``out``) as
-    a job does: in its own process group, which :func:`stop_run` signals
-    (``whole_group``: bash and torchrun) and waits for."""
-    from submitit import JobEnvironment
-    return subprocess.Popen(
-        cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env},
-        start_new_session=True, preexec_fn=functools.partial(
-            _child_signals, JobEnvironment._usr_sig(), whole_group))
-
-
-def _child_signals(warning, whole_group):
-    """In the chain's command, before it starts. SLURM sends the job's
-    ``warning`` (submitit's signal) to every process of the job; the job
-    alone answers it, so the training ignores it. SIGUSR1 sent to a whole
-    group: bash ignores it and waits for torchrun, which forwards it to the
-    ranks; sent to one training process: it stops it (its handler, or its
-    death before it has one)."""
-    signal.signal(warning, signal.SIG_IGN)
-    signal.signal(signal.SIGUSR1,
-                  signal.SIG_IGN if whole_group else signal.SIG_DFL)
-
-
-def free_port():
-    """A TCP port nothing listens on now (the OS's pick)."""
-    with socket.socket() as s:
-        s.bind(('', 0))
-        return s.getsockname()[1]
-
-
-def stop_run(pid, whole_group, timeout_s):
-    """Ask the command ``pid`` (our child from :func:`start_command`, the
-    leader of its process group) to stop where it resumes: SIGUSR1 to it,
-    or to its whole group. Waits until the group is gone; what is left
-    after ``timeout_s`` is killed."""
-    try:
-        (os.killpg if whole_group else os.kill)(pid, signal.SIGUSR1)
-    except ProcessLookupError:
-        pass
-    if not wait_group(pid, timeout_s):
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        wait_group(pid, 10)
-
-
-def wait_group(pid, timeout_s):
-    """Reap our child ``pid`` and wait until no process of its group is
-    left; whether that happened within ``timeout_s``. (``os.waitpid``, not
-    ``Popen.wait``: this runs in a signal handler while the job's main
-    code is inside ``Popen.wait``, whose lock it holds.)"""
-    deadline = time.monotonic() + timeout_s
-    reaped = False
-    while True:
-        if not reaped:
-            try:
-                reaped = os.waitpid(pid, os.WNOHANG)[0] == pid
-            except ChildProcessError:
-                reaped = True
-        if reaped:
-            try:
-                os.killpg(pid, 0)
-            except ProcessLookupError:
-                return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.2)
-
-
-def parse_slurm_args(items):
-    """``--slurm-args key=value ...``: submitit's SLURM parameters (``qos``,
-    ``account``, ``constraint``, ``mem_gb``, ``signal_delay_s``...) by their
-    names, any other ``sbatch`` option under its own name. Numbers are
-    passed as numbers."""
-    from submitit import AutoExecutor, SlurmExecutor
-    known = (SlurmExecutor._valid_parameters() |
-             AutoExecutor._valid_parameters())
-    params, extra = {}, {}
-    for item in items:
-        key, sep, value = item.partition('=')
-        if not sep or not key:
-            raise SystemExit(f'--slurm-args takes key=value; got {item!r}')
-        for kind in (int, float):
-            try:
-                value = kind(value)
-                break
-            except ValueError:
-                pass
-        if key in known:
-            params[f'slurm_{key}'] = value
-        else:
-            extra[key.replace('_', '-')] = value
-    if extra:
-        params['slurm_additional_parameters'] = extra
-    return params
-
-
-def executor_parameters(args):
-    """The submitit parameters of every chain's job: one task with
-    ``--gpus`` GPUs, ``--time`` minutes, and on SLURM the partition, the
-    CPUs, the array's parallelism, the warning before the time limit and
-    ``--slurm-args``."""
-    params = dict(name=f'sweep_{osp.basename(osp.abspath(args.work_dir))}',
-                  timeout_min=args.time, nodes=1, tasks_per_node=1,
-                  gpus_per_node=args.gpus or None,
-                  cpus_per_task=args.cpus_per_task,
-                  slurm_partition=args.partition,
-                  slurm_signal_delay_s=args.signal_delay)
-    if args.array_parallelism:
-        params['slurm_array_parallelism'] = args.array_parallelism
-    params.update(parse_slurm_args(args.slurm_args))
-    return {k: v for k, v in params.items() if v is not None}
-
-
-def make_executor(args):
-    """submitit's executor for ``--launcher``, logging to
-    ``work_dir/submitit``."""
-    try:
-        import submitit
-    except ImportError:
-        raise SystemExit(f'--launcher {args.launcher} needs submitit: pip '
-                         "install 'mmtolerant[cluster]' (or submitit)")
-    cluster = 'slurm' if args.launcher == 'slurm' else 'local'
-    executor = submitit.AutoExecutor(
-        osp.join(args.work_dir, 'submitit'), cluster=cluster,
-        slurm_max_num_timeout=args.max_requeues,
-        local_max_num_timeout=args.max_requeues)
-    executor.update_parameters(**executor_parameters(args))
-    return executor
-
-
-def chain_job(run, settings, args, slot=(None, None)):
-    """The :class:`ChainJob` of a run (absolute paths: the job may start
-    elsewhere)."""
-    setting, seed = run
-    config, combo = settings[setting]
-    name = run_name(setting, seed)
-    devices, port = slot
-    on_cpu = not args.gpus
-    if args.launcher == 'slurm':
-        threads = args.cpus_per_task if on_cpu else None
-    else:
-        threads = cpu_threads(args.parallel) if on_cpu else None
-    return ChainJob(
-        name, osp.abspath(config),
-        chain_options(combo, seed, args.cfg_options),
-        osp.abspath(osp.join(args.work_dir, name)),
-        osp.abspath(osp.join(args.work_dir, f'{name}.log')), gpus=args.gpus,
-        devices=devices, port=port, threads=threads,
-        # submitit's requeue itself needs a few of the seconds the warning
-        # leaves.
-        stop_timeout_s=max(10, executor_parameters(args)[
-            'slurm_signal_delay_s'] - 30))
-
-
-def submit_array(executor, jobs):
-    """Every job in one SLURM job array; the submitit jobs."""
-    with executor.batch():
-        submitted = [executor.submit(job) for job in jobs]
-    return submitted
-
-
-def run_jobs(args, settings, todo, slots=None):
-    """The runs of ``todo`` as submitit jobs, with a progress line as each
-    ends: on SLURM one job array (``--array-parallelism`` at a time); with
-    the local executor ``--parallel`` at a time, in ``slots``. The names of
-    those that did not finish."""
-    executor = make_executor(args)
-    local = args.launcher != 'slurm'
-    waiting = list(todo)
-    running = {}  # name: (submitit job, slot, submission time)
-    if not local:
-        jobs = submit_array(executor,
-                            [chain_job(run, settings, args) for run in todo])
-        for run, job in zip(todo, jobs):
-            running[run_name(*run)] = (job, None, time.time())
-            print(f'  {run_name(*run)}: job {job.job_id}', flush=True)
-        waiting = []
-    print(f'submitit logs in {executor.folder}', flush=True)
-    free = list(slots or [])
-    progress = Progress(len(todo), '[sweep] progress', unit='chains', every=0,
-                        interval_s=0)
-    unfinished = []
-    try:
-        while running or waiting:
-            while local and waiting and free:
-                run, slot = waiting.pop(0), free.pop(0)
-                job = executor.submit(chain_job(run, settings, args, slot))
-                running[run_name(*run)] = (job, slot, time.time())
-                print(f'  {run_name(*run)}: job {job.job_id}', flush=True)
-            for name, (job, slot, start) in list(running.items()):
-                if not job.done():
-                    continue
-                del running[name]
-                if slot is not None:
-                    free.append(slot)
-                code = job_exit_code(job)
-                if code != 0:
-                    unfinished.append(name)
-                note = (outcome(name, code, time.time() - start)
-                        if code is not None else
-                        f'{name} FAILED (job {job.job_id}: see '
-                        f'{job.paths.stderr})')
-                progress.update(note=f'{note}; ' + (
-                    f'{len(running)} running, {len(waiting)} waiting'
-                    if local else f'{len(running)} queued or running'))
-            if running:
-                time.sleep(POLL_S[args.launcher])
-    except KeyboardInterrupt:
-        for job, _, _ in running.values():
-            job.cancel(check=False)
-        raise SystemExit(f'cancelled {len(running)} jobs; rerun the same '
-                         'command to resume their chains')
-    return [run_name(*run) for run in todo if run_name(*run) in unfinished]
-
-
-def job_exit_code(job):
-    """The exit code of a finished job's chain; None when the job itself
-    failed (no result: killed, out of requeues)."""
-    if job.exception() is not None:
-        return None
-    return job.result()
+def job_options(args):
+    """The launching arguments the submitit jobs take."""
+    return JobOptions(
+        launcher=args.launcher, work_dir=args.work_dir, tools=TOOLS,
+        gpus=args.gpus, parallel=args.parallel, time=args.time,
+        signal_delay=args.signal_delay, max_requeues=args.max_requeues,
+        partition=args.partition, cpus_per_task=args.cpus_per_task,
+        array_parallelism=args.array_parallelism,
+        slurm_args=args.slurm_args)
 
 
 def collect(work_dir, settings, runs):
@@ -862,15 +420,17 @@ def main():
         for name, seed in runs:
             print('  ', run_name(name, seed))
         return
-    todo = todo_runs(args, runs)
+    todo = chain_runs(args, settings, todo_runs(args, runs))
     unfinished = []
     if todo and args.launcher == 'slurm':
-        unfinished = run_jobs(args, settings, todo)
+        unfinished = run_jobs(todo, job_options(args))
     elif todo:
         # Checked before any chain starts.
-        slots = local_slots(args)
-        run = run_all if args.launcher == 'pool' else run_jobs
-        unfinished = run(args, settings, todo, slots)
+        slots = local_slots(args.gpus, args.parallel, args.port)
+        if args.launcher == 'pool':
+            unfinished = run_pool(todo, TOOLS, slots, args.gpus)
+        else:
+            unfinished = run_jobs(todo, job_options(args), slots)
     rows, chains = collect(args.work_dir, settings, runs)
     write(args, grid, settings, rows, chains)
     if unfinished:
