@@ -1,4 +1,6 @@
 """teacher_cache: replayed teacher outputs equal the live teacher's."""
+import logging
+
 import pytest
 import torch
 from mmpretrain.registry import DATASETS, MODELS
@@ -379,3 +381,185 @@ def test_chain_with_views_replays_each_students_teacher(tmp_path):
     log = next((tmp_path / 'gen_1').glob('*/*.log')).read_text()
     assert 'teacher cache (2 views), epoch 3: the teacher filled 0 entries' \
         in log
+
+
+# --- topk: FKD's compressed soft labels ---------------------------------
+
+def synthetic_teacher(n, classes=1000, seed=0):
+    """Logits as in benchmarks/teacher_cache_memory.py: N(0, 1.5^2) noise,
+    the sample's class raised by U(8, 16), 5 "similar" classes by U(2, 6)
+    (mean top-1 probability 0.86, 9.5% of the mass outside the top 5)."""
+    g = torch.Generator().manual_seed(seed)
+    t = 1.5 * torch.randn(n, classes, generator=g)
+    t[torch.arange(n), torch.randint(0, classes, (n, ), generator=g)] += \
+        8 + 8 * torch.rand(n, generator=g)
+    similar = torch.randint(0, classes, (n, 5), generator=g)
+    return t.scatter_add_(1, similar, 2 + 4 * torch.rand(n, 5, generator=g))
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'float16'])
+def test_topk_replay_keeps_the_top_k_probabilities_and_spreads_the_rest(
+        dtype):
+    """At temperature 1 the replayed top-k probabilities are the teacher's
+    (computed here from the full logits) and the other classes share the
+    remaining mass equally."""
+    from mmtolerant.models.classifiers.teacher_cache import \
+        TeacherOutputCache
+    logits = synthetic_teacher(64)
+    cache = TeacherOutputCache(dtype=dtype, topk=5)
+    replayed = cache.decode(cache.encode(logits), 'cpu').softmax(1)
+    p = logits.double().softmax(1)
+    top, classes = p.topk(5, dim=1)
+    rel = {'float32': 1e-5, 'float16': 1e-2}[dtype]
+    assert torch.allclose(replayed.gather(1, classes).double(), top,
+                          rtol=rel, atol=0)
+    others = replayed.scatter(1, classes, float('nan'))
+    expected = ((1 - top.sum(1, keepdim=True)) / 995).expand_as(others)
+    keep = ~others.isnan()
+    assert torch.allclose(others[keep].double(), expected[keep], rtol=rel,
+                          atol=0)
+
+
+def test_topk_entries_take_the_bytes_the_docstring_states():
+    from mmtolerant.models.classifiers.teacher_cache import \
+        TeacherOutputCache
+    # k values (float16) + k classes (int16) + rest (4) + fingerprint (8)
+    # + flag (1); int32 classes beyond 32767 classes.
+    assert TeacherOutputCache(dtype='float16', topk=10).entry_bytes(1000) \
+        == 10 * 2 + 10 * 2 + 4 + 9
+    assert TeacherOutputCache(topk=10).entry_bytes(40000) \
+        == 10 * 4 + 10 * 4 + 4 + 9
+    assert TeacherOutputCache(dtype='float16').entry_bytes(1000) \
+        == 1000 * 2 + 9
+    cache = TeacherOutputCache(topk=5)
+    logits = torch.randn(3, 40000)
+    rows = cache.encode(logits)
+    assert rows['indices'].dtype == torch.int32
+    assert torch.equal(cache.decode(rows, 'cpu').topk(5).indices,
+                       logits.topk(5).indices)
+    cache.store(torch.arange(3), torch.zeros(3, 1, 2, 2), logits)
+    assert cache.nbytes == 1024 * (5 * 4 + 5 * 4 + 4 + 9)
+
+
+def kl_and_gradient(student, teacher, tau):
+    """Mean DistillKLLoss and its gradient w.r.t. the student's logits."""
+    from mmtolerant.models.losses.distill_kl_loss import \
+        distill_kl_divergence
+    student = student.detach().clone().requires_grad_()
+    loss = distill_kl_divergence(student, teacher, tau).mean()
+    loss.backward()
+    return loss.detach(), student.grad
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'float16'])
+def test_topk_replay_is_within_the_stated_tolerance_of_the_full_cache(
+        digits_teacher, tmp_path, dtype):
+    """The class docstring's tolerance at temperature 1, k=5. The bound:
+    each sample's gradient of the loss with respect to its student logits
+    moves by at most 2r in L1 norm (r: the teacher's mass outside its top
+    5, computed here from the full logits), for the digits teacher of the
+    tests (10 classes, flat: r = 0.43 on average) and the synthetic
+    1000-class teacher. Measured on the synthetic teacher: the loss within
+    2% and the gradient within 10% (relative L2) for a student far from
+    the teacher (random logits), the gradient within 10% for a student
+    near it (the teacher's logits + N(0, 1)), whose loss is mostly the
+    teacher's own entropy, which top-k changes."""
+    from mmtolerant.models.classifiers.teacher_cache import \
+        TeacherOutputCache
+    full = build(digits_teacher, tmp_path,
+                 **{'model.teacher_cache': dict()}).eval()
+    topk = build(digits_teacher, tmp_path, **{
+        'model.teacher_cache': dict(dtype=dtype, topk=5)}).eval()
+    topk.load_state_dict(full.state_dict())
+    data = full.data_preprocessor(digits_batch(range(256)), False)
+    inputs, samples = data['inputs'], data['data_samples']
+    with torch.no_grad():
+        student = full.head(full.extract_feat(inputs))
+    teacher = synthetic_teacher(2048)
+    cache = TeacherOutputCache(dtype=dtype, topk=5)
+    replayed = cache.decode(cache.encode(teacher), 'cpu')
+    g = torch.Generator().manual_seed(1)
+    far = torch.randn(teacher.shape, generator=g)
+    near = teacher + torch.randn(teacher.shape, generator=g)
+    rounding = {'float32': 1e-5, 'float16': 1e-2}[dtype]
+    for student, exact, compressed in (
+            (student, full._teacher_targets(inputs, samples),
+             topk._teacher_targets(inputs, samples)),
+            (far, teacher, replayed), (near, teacher, replayed)):
+        loss, grad = kl_and_gradient(student, exact, 1.0)
+        loss_k, grad_k = kl_and_gradient(student, compressed, 1.0)
+        rest = 1 - exact.double().softmax(1).topk(5).values.sum(1)
+        # Mean reduction: a sample's gradient is (q - p) / N.
+        moved = ((grad_k - grad).double() * len(grad)).abs().sum(1)
+        assert bool((moved <= 2 * rest + rounding).all())
+        if exact is teacher:
+            assert float((grad_k - grad).norm() / grad.norm()) < 0.10
+        if student is far:
+            assert float(loss_k / loss - 1) == pytest.approx(0, abs=0.02)
+
+
+@pytest.mark.parametrize('options, match', [
+    (dict(topk=10), r'teacher_cache.topk=10 must be smaller than the '
+     r'number of classes \(10\)'),
+    (dict(topk=1), 'teacher_cache.topk must be None or an int >= 2, got 1'),
+    (dict(topk=True), 'topk must be None or an int >= 2, got True'),
+    (dict(shared='yes'), "teacher_cache.shared must be True, False or "
+     "'auto', got 'yes'"),
+    (dict(rest='spread'), r"unknown teacher_cache keys \['rest'\] \(known: "
+     r'dtype, views, topk, shared\)'),
+])
+def test_topk_and_shared_settings_are_checked(digits_teacher, tmp_path,
+                                              options, match):
+    with pytest.raises(ValueError, match=match):
+        model = build(digits_teacher, tmp_path,
+                      **{'model.teacher_cache': options}).eval()
+        # The number of classes is known when the first batch arrives.
+        data = model.data_preprocessor(digits_batch(range(4)), False)
+        model.loss(data['inputs'], data['data_samples'])
+
+
+@pytest.mark.parametrize('cache', [
+    dict(), dict(dtype='float16'), dict(dtype='float16', topk=5)])
+def test_a_cache_rebuilt_after_a_resume_gives_the_same_targets(
+        digits_teacher, tmp_path, cache):
+    """The cache lives in memory: a resumed run starts with an empty one,
+    which the live teacher fills again with the targets the interrupted
+    run replayed (a miss trains on what a replay gives)."""
+    before = build(digits_teacher, tmp_path,
+                   **{'model.teacher_cache': cache}).eval()
+    batches = [before.data_preprocessor(digits_batch(range(i, i + 16)),
+                                        False) for i in (0, 16)]
+    first = [before._teacher_targets(b['inputs'], b['data_samples'])
+             for b in batches]
+    replayed = [before._teacher_targets(b['inputs'], b['data_samples'])
+                for b in batches]
+    assert before.teacher_cache.hits == 2
+    resumed = build(digits_teacher, tmp_path,
+                    **{'model.teacher_cache': cache}).eval()
+    resumed.load_state_dict(before.state_dict())
+    assert len(resumed.teacher_cache) == 0
+    refilled = [resumed._teacher_targets(b['inputs'], b['data_samples'])
+                for b in batches]
+    assert resumed.teacher_cache.misses == 2
+    for a, b, c in zip(first, replayed, refilled):
+        assert torch.equal(a, b) and torch.equal(b, c)
+
+
+@pytest.mark.parametrize('tau, warned', [(1.0, False), (4.0, True)])
+def test_topk_with_a_temperature_above_1_is_logged_as_a_warning(
+        digits_teacher, tmp_path, monkeypatch, tau, warned):
+    import mmtolerant.models.classifiers.distill_classifier as module
+    logged = []
+    monkeypatch.setattr(module, 'print_log',
+                        lambda msg, **kw: logged.append((msg, kw)))
+    build(digits_teacher, tmp_path, **{
+        'model.teacher_cache': dict(topk=5),
+        'model.distill_loss': dict(type='DistillKLLoss', tau=tau)})
+    warnings = [msg for msg, kw in logged
+                if kw.get('level') == logging.WARNING]
+    assert len(warnings) == int(warned)
+    if warned:
+        assert warnings[0].startswith(
+            '[mmtolerant] teacher_cache.topk=5 with distill_loss.tau=4: '
+            "top-k targets keep the teacher's probabilities at "
+            'temperature 1')

@@ -12,13 +12,15 @@ from mmtolerant.utils.model import bare_model
 class TeacherCacheLoggerHook(Hook):
     """Logs after each training epoch what a student's teacher cache did:
     entries the teacher filled (this epoch, the job's total, cached),
-    batches replayed, memory. Before training it reserves the cache's
-    memory for the training set (samples x views entries), refuses a
-    training set that draws a sample differently each time (without views)
-    and views > 1 in an epoch-based run without ``DistSamplerSeedHook``. The
-    GenerationRunner adds it to every student with
-    ``generations.teacher_cache``; a standalone ``DistillImageClassifier``
-    run can list it in ``custom_hooks``. Does nothing without a cache."""
+    batches replayed, memory (and how many local ranks share it). Before
+    training it reserves the cache's memory for the training set (samples
+    x views entries: the whole size up front, so that a cache in shared
+    memory is made once, not regrown), refuses a training set that draws a
+    sample differently each time (without views) and views > 1 in an
+    epoch-based run without ``DistSamplerSeedHook``. The GenerationRunner
+    adds it to every student with ``generations.teacher_cache``; a
+    standalone ``DistillImageClassifier`` run can list it in
+    ``custom_hooks``. Does nothing without a cache."""
     priority = 'LOW'
 
     def __init__(self):
@@ -64,8 +66,11 @@ class TeacherCacheLoggerHook(Hook):
                misses - self._seen[2])
         self._seen = (computed, hits, misses)
         views = '' if cache.views is None else f' ({cache.views} views)'
+        where = '' if cache.shared_by == 1 else (
+            f' (one copy for the {cache.shared_by} ranks of this node)')
         print_log(
-            f'[mmtolerant] teacher cache{views}, epoch {runner.epoch + 1}: the '
-            f'teacher filled {new[0]} entries (job total {computed}, '
+            f'[mmtolerant] teacher cache{views}, epoch {runner.epoch + 1}: '
+            f'the teacher filled {new[0]} entries (job total {computed}, '
             f'{len(cache)} cached), {new[1]} of {new[1] + new[2]} batches '
-            f'replayed, {cache.nbytes / 2**20:.1f} MiB', logger='current')
+            f'replayed, {cache.nbytes / 2**20:.1f} MiB{where}',
+            logger='current')

@@ -14,18 +14,30 @@ teacher then runs once per sample and view, in the first V epochs.
 
 Each cached sample also keeps a fingerprint of the input the teacher saw
 (its preprocessed pixels' L1 norm and their dot product with a fixed
-pseudo-random pattern, so that a flip or a shift changes it too). A sample whose input
-differs from the cached one stops training with an error instead of
-receiving another image's targets: a random transform, Mixup/CutMix, or a
+pseudo-random pattern, so that a flip or a shift changes it too). A sample
+whose input differs from the cached one stops training with an error instead
+of receiving another image's targets: a random transform, Mixup/CutMix, or a
 dataset wrapper whose samples share a ``sample_idx`` (``ConcatDataset``).
+
+For ImageNet-sized caches, ``topk=k`` stores FKD's compressed soft labels
+(the k largest logits and their classes) and, under DDP, ``shared`` keeps
+one copy per node in shared memory instead of one per rank.
 """
-from typing import List, Optional, Tuple
+import logging
+import math
+import os
+import socket
+import tempfile
+import uuid
+from typing import Dict, List, Optional, Tuple
 
 import torch
-from mmengine.dist import all_gather, all_reduce, get_world_size
+from mmengine.dist import (all_gather, all_gather_object, all_reduce,
+                           get_rank, get_world_size)
 from mmengine.logging import print_log
 
 DTYPES = {'float32': torch.float32, 'float16': torch.float16}
+_ALIGN = 64  # bytes; every array of a shared segment starts aligned
 _DETERMINISTIC = (
     'The cache needs a deterministic training input: no random transforms '
     'in the train pipeline unless teacher_cache.views is set, no batch '
@@ -34,47 +46,118 @@ _DETERMINISTIC = (
 
 
 class TeacherOutputCache:
-    """Teacher logits by ``sample_idx`` (and view), on the CPU.
+    r"""Teacher logits by ``sample_idx`` (and view), on the CPU.
 
-    Memory: ``samples x views x classes x (4 | 2) bytes`` (float32 |
-    float16) plus 9 bytes of fingerprint and flag per entry, in every
-    process (exactly that when the training set's size is reserved, as
-    ``TeacherCacheLoggerHook`` does; else the arrays grow by doubling, to
-    at most twice that, or 1024 entries). Under DDP the ranks share what
-    they compute (each step in which some rank's batch was not cached, the
-    ranks exchange that step's teacher outputs), so every rank holds the
-    whole cache and the teacher runs once per sample and view for the whole
-    job, not once per rank.
+    **What an entry holds.** The full cache (``topk=None``) stores the
+    teacher's logits, ``classes x (4 | 2)`` bytes (float32 | float16).
+    ``topk=k`` stores FKD's compressed soft label: the k largest logits
+    :math:`t_i, i \in K` (``k x (4 | 2)`` bytes), their classes K (``k x
+    2`` bytes, int16, or ``k x 4`` beyond 32767 classes) and
+    :math:`\rho = \log \sum_{j \notin K} e^{t_j}` (4 bytes, float32). A
+    replay gives each of the :math:`C-k` other classes the logit
+    :math:`\rho - \log(C-k)`: the teacher's remaining probability mass
+    :math:`r = 1 - \sum_{i \in K} p_i` spread uniformly over them, as FKD
+    does, so that at temperature 1 the top-k probabilities are the
+    teacher's (up to the cache dtype's rounding of :math:`t_i`). Storing
+    :math:`\rho` rather than the log-sum-exp of all logits keeps r exact
+    when float16 rounds the top logits (:math:`1 - \sum p_i` cancels).
+    Every entry also holds 8 bytes of fingerprint and a 1-byte flag.
+
+    **Top-k against the full cache**, for ``DistillKLLoss`` at temperature
+    1, whose gradient with respect to a sample's student logits is
+    :math:`q - p`: the targets differ from the teacher's only outside the
+    top k, so each sample's gradient moves by at most :math:`2r` in L1
+    norm (a bound, tested). The loss value (measured in
+    ``benchmarks/README.md``, k = 5; tested on the synthetic teacher)
+    moves by 0.1% for a trained digits teacher (r = 0.006) and by
+    1.5% for a synthetic 1000-class teacher (r = 0.095) against a random
+    student, but by +60-90% (k = 20..5; 0.1 nats, mostly the teacher's
+    own entropy, which has no gradient) against a student that already
+    matches the teacher's tail, whose gradient moves by 5-9% (relative
+    L2). At higher temperatures the classes outside the top k carry much
+    of the mass: at tau 4 with 1000 classes the gradient moved by 36-118%,
+    so ``topk`` is for temperature 1, as in FKD. Measured too: renormalising
+    the top k instead (the other classes at probability 0) was worse in
+    every case; spreading :math:`1 - \sum p_i` was never better and, in
+    float16 at tau 4, far worse.
+
+    **Memory** is ``entries x bytes per entry``: ``entries`` is the training
+    set's size x views when it is reserved (as ``TeacherCacheLoggerHook``
+    does); else the arrays grow by doubling, to at most twice that, or 1024
+    entries. Under DDP the ranks share what they compute (each step in which
+    some rank's batch was not cached, the ranks that computed send that
+    step's entries to all), so every rank sees the whole cache and the
+    teacher runs once per sample and view for the whole job, not once per
+    rank. ``shared`` says where that cache lives:
+
+    - ``'auto'`` (default): one copy per node, in shared memory that the
+      node's ranks map (a file in ``/dev/shm``, or ``tempfile.gettempdir()``
+      when ``/dev/shm`` lacks room, removed as soon as every local rank has
+      mapped it, so that a crash leaves nothing behind), when the run
+      is distributed with more than one rank on the node; else (one process,
+      one rank per node, or no room anywhere: logged) private memory in
+      every process;
+    - ``True``: as ``'auto'``, but a distributed run that cannot share the
+      copy on a node stops with an error instead of falling back;
+    - ``False``: private memory in every process (a whole copy per rank).
+
     The cache lives in memory only: after a resume the first epochs fill it
-    again from the live teacher, which gives the same values.
+    again from the live teacher, which gives the same values (a miss trains
+    on what a replay will give: rounded to the cache dtype, rebuilt from
+    the top k).
 
     Args:
         dtype (str): ``'float32'`` (replays the teacher's logits exactly) or
             ``'float16'`` (half the memory; logits rounded to 3 significant
-            digits).
+            digits). Defaults to ``'float32'``.
         views (int, optional): Augmentation views per sample for a random
             training pipeline (see the module docstring); None for a
-            deterministic pipeline (one entry per sample).
+            deterministic pipeline (one entry per sample). Defaults to None.
+        topk (int, optional): Store only the k largest logits, 2 <= k <
+            classes (FKD uses 5..20), for distillation at temperature 1.
+            Defaults to None (all logits).
+        shared (bool | str): ``'auto'``, True or False (see above).
+            Defaults to ``'auto'``.
     """
 
-    def __init__(self, dtype: str = 'float32', views: Optional[int] = None):
+    def __init__(self,
+                 dtype: str = 'float32',
+                 views: Optional[int] = None,
+                 topk: Optional[int] = None,
+                 shared='auto'):
         if dtype not in DTYPES:
             raise ValueError(f'teacher_cache.dtype must be one of '
                              f'{sorted(DTYPES)}, got {dtype!r}')
-        if views is not None and (isinstance(views, bool)
-                                  or not isinstance(views, int)
-                                  or views < 1):
+        if views is not None and not _is_int(views, 1):
             raise ValueError('teacher_cache.views must be None or an int '
                              f'>= 1, got {views!r}')
+        if topk is not None and not _is_int(topk, 2):
+            raise ValueError('teacher_cache.topk must be None or an int '
+                             f'>= 2, got {topk!r}')
+        if not (shared is True or shared is False or shared == 'auto'):
+            raise ValueError("teacher_cache.shared must be True, False or "
+                             f"'auto', got {shared!r}")
         self.views = views
         self.dtype = DTYPES[dtype]
-        self.logits: Optional[torch.Tensor] = None
-        self.prints = torch.zeros(0, 2, dtype=torch.float32)
+        self.topk = topk
+        self.shared = shared
+        self.num_classes: Optional[int] = None
+        # name -> (capacity, *row shape) tensor; None until the first store
+        self._arrays: Optional[Dict[str, torch.Tensor]] = None
+        self.shared_by = 1  # processes that map this copy (1: private)
         self._patterns = {}
-        self.filled = torch.zeros(0, dtype=torch.bool)
         self.hits = 0  # batches replayed
         self.misses = 0  # batches the teacher ran on
         self._reserved = 0
+
+    # --- size --------------------------------------------------------------
+
+    @property
+    def filled(self) -> torch.Tensor:
+        """Whether each entry is cached (empty before the first store)."""
+        if self._arrays is None:
+            return torch.zeros(0, dtype=torch.bool)
+        return self._arrays['filled']
 
     def __len__(self) -> int:
         return int(self.filled.sum())
@@ -87,10 +170,85 @@ class TeacherOutputCache:
 
     @property
     def nbytes(self) -> int:
-        if self.logits is None:
+        """Bytes of the arrays (``capacity x entry_bytes``); a shared copy
+        adds under 64 bytes of alignment per array, once per node."""
+        if self._arrays is None:
             return 0
-        return (self.logits.numel() * self.logits.element_size() +
-                self.prints.numel() * 4 + self.filled.numel())
+        return sum(a.numel() * a.element_size()
+                   for a in self._arrays.values())
+
+    def entry_bytes(self, num_classes: int) -> int:
+        """Bytes per entry (sample x view) for ``num_classes`` classes."""
+        return sum(
+            math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+            for shape, dtype in self._layout(num_classes).values())
+
+    def _layout(self, num_classes: int) -> Dict[str, tuple]:
+        """name -> (row shape, dtype) of the arrays."""
+        if self.topk is None:
+            layout = {'logits': ((num_classes, ), self.dtype)}
+        else:
+            index_dtype = torch.int16 if num_classes <= 32767 \
+                else torch.int32
+            layout = {'values': ((self.topk, ), self.dtype),
+                      'indices': ((self.topk, ), index_dtype),
+                      'rest': ((), torch.float32)}
+        layout['prints'] = ((2, ), torch.float32)
+        layout['filled'] = ((), torch.bool)
+        return layout
+
+    def reserve(self, entries: int) -> None:
+        """Make the first allocation hold ``entries`` (the training set's
+        size x views, as ``TeacherCacheLoggerHook`` reserves it), so the
+        cache takes exactly what it needs instead of growing by doubling
+        (up to twice that; in shared memory each growth is a collective
+        re-allocation)."""
+        self._reserved = int(entries)
+
+    def _grow(self, size: int) -> None:
+        """Room for keys below ``size``. Under DDP every rank calls it with
+        the same sizes in the same order (from ``_put`` of the same gathered
+        entries): a shared allocation is a collective step."""
+        current = len(self.filled)
+        if self._arrays is not None and size <= current:
+            return
+        if self._arrays is None and self._reserved:
+            capacity = max(size, self._reserved)
+        else:
+            capacity = max(size, 2 * current, 1024)
+        self._arrays, self.shared_by = self._allocate(capacity)
+        where = 'CPU memory in every process' if self.shared_by == 1 else (
+            f'shared memory, one copy for the {self.shared_by} ranks of '
+            'this node')
+        kept = '' if self.topk is None else f' (top {self.topk} kept)'
+        print_log(
+            f'[mmtolerant] teacher cache: room for {capacity} entries x '
+            f'{self.num_classes} classes{kept} ({self.nbytes / 2**20:.1f} '
+            f'MiB of {where})', logger='current')
+
+    def _allocate(self, capacity: int
+                  ) -> Tuple[Dict[str, torch.Tensor], int]:
+        """New arrays for ``capacity`` entries holding the current ones, and
+        how many processes map them."""
+        layout = self._layout(self.num_classes)
+        old = self._arrays
+        base, shared_by = None, 1
+        if get_world_size() > 1 and self.shared is not False:
+            base, shared_by = _shared_segment(
+                _segment_bytes(layout, capacity),
+                lambda b: _copy(old, _views(b, layout, capacity)),
+                required=self.shared is True)
+        if base is not None:
+            # The node's first rank copied the old entries in already.
+            return _views(base, layout, capacity), shared_by
+        arrays = {
+            name: torch.zeros((capacity, ) + shape, dtype=dtype)
+            for name, (shape, dtype) in layout.items()
+        }
+        _copy(old, arrays)
+        return arrays, 1
+
+    # --- keys and fingerprints ---------------------------------------------
 
     def fingerprint(self, inputs: torch.Tensor) -> torch.Tensor:
         """(L1 norm, projection on a fixed +-1 pattern) of each input."""
@@ -103,33 +261,6 @@ class TeacherOutputCache:
             self._patterns[key] = pattern.to(flat.device)
         pattern = self._patterns[key]
         return torch.stack([flat.abs().sum(1), flat @ pattern], 1).cpu()
-
-    def reserve(self, entries: int) -> None:
-        """Make the first allocation hold ``entries`` (the training set's
-        size x views, as ``TeacherCacheLoggerHook`` reserves it), so the
-        cache takes exactly what it needs instead of growing by doubling
-        (up to twice that)."""
-        self._reserved = int(entries)
-
-    def _grow(self, size: int, num_classes: int) -> None:
-        if self.logits is not None and size <= len(self.filled):
-            return
-        if self.logits is None and self._reserved:
-            capacity = max(size, self._reserved)
-        else:
-            capacity = max(size, 2 * len(self.filled), 1024)
-        logits = torch.zeros(capacity, num_classes, dtype=self.dtype)
-        prints = torch.zeros(capacity, 2, dtype=torch.float32)
-        filled = torch.zeros(capacity, dtype=torch.bool)
-        if self.logits is not None:
-            n = len(self.filled)
-            logits[:n], prints[:n], filled[:n] = (self.logits, self.prints,
-                                                  self.filled)
-        self.logits, self.prints, self.filled = logits, prints, filled
-        print_log(
-            f'[mmtolerant] teacher cache: room for {capacity} entries x '
-            f'{num_classes} classes ({self.nbytes / 2**20:.1f} MiB of CPU '
-            'memory)', logger='current')
 
     def keys(self, data_samples) -> torch.Tensor:
         """Cache keys of a batch: ``sample_idx`` (x views + ``aug_view``)."""
@@ -156,12 +287,58 @@ class TeacherOutputCache:
                 'must equal the cache\'s')
         return index * self.views + torch.as_tensor(views, dtype=torch.long)
 
+    # --- encoding: what an entry stores, and the logits a replay gives ------
+
+    def encode(self, logits: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The rows an entry stores for a batch of teacher logits (on the
+        logits' device)."""
+        logits = logits.detach()
+        self._check_classes(logits.shape[1])
+        if self.topk is None:
+            return {'logits': logits.to(self.dtype)}
+        full = logits.float()
+        values, indices = full.topk(self.topk, dim=1)
+        others = full.scatter(1, indices, float('-inf'))  # k < classes
+        return {'values': values.to(self.dtype),
+                'indices': indices.to(self._layout(self.num_classes)
+                                      ['indices'][1]),
+                'rest': others.logsumexp(1)}
+
+    def decode(self, rows: Dict[str, torch.Tensor],
+               device: torch.device) -> torch.Tensor:
+        """Float32 logits on ``device`` from stored rows (the classes
+        outside the top k at :math:`\\rho - \\log(C-k)`, see the class
+        docstring)."""
+        if self.topk is None:
+            return rows['logits'].to(device=device, dtype=torch.float32)
+        values = rows['values'].to(device=device, dtype=torch.float32)
+        fill = rows['rest'].to(device) - math.log(self.num_classes -
+                                                  self.topk)
+        out = fill[:, None].expand(len(values), self.num_classes).clone()
+        return out.scatter_(1, rows['indices'].to(device).long(), values)
+
+    def _check_classes(self, num_classes: int) -> None:
+        if self.num_classes is None:
+            if self.topk is not None and self.topk >= num_classes:
+                raise ValueError(
+                    f'teacher_cache.topk={self.topk} must be smaller than '
+                    f'the number of classes ({num_classes}); remove topk to '
+                    'cache all logits')
+            self.num_classes = num_classes
+        elif num_classes != self.num_classes:
+            raise ValueError(
+                f'teacher_cache: the teacher gave {num_classes} classes, '
+                f'the cache holds {self.num_classes}')
+
+    # --- replay ------------------------------------------------------------
+
     def _missing(self, index: torch.Tensor) -> bool:
-        if self.logits is None:
+        if self._arrays is None:
             return True
         # One read of the flags: a key beyond them is not cached either.
-        last = len(self.filled) - 1
-        cached = (index <= last) & self.filled[index.clamp(max=last)]
+        filled = self.filled
+        last = len(filled) - 1
+        cached = (index <= last) & filled[index.clamp(max=last)]
         return not bool(cached.all())
 
     def lookup(self, index: torch.Tensor,
@@ -182,7 +359,7 @@ class TeacherOutputCache:
             self.misses += 1
             return None, None
         current = self.fingerprint(inputs)
-        stored = self.prints[index]
+        stored = self._arrays['prints'][index]
         # Both parts are sums of |pixels| at most: compare on that scale.
         scale = stored[:, :1] + 1.0
         bad = ((current - stored).abs() > 1e-4 * scale).any(1)
@@ -194,31 +371,50 @@ class TeacherOutputCache:
                 f'(fingerprint {current[i].tolist()} vs '
                 f'{stored[i].tolist()}). {_DETERMINISTIC}')
         self.hits += 1
-        return self.logits[index].to(device=inputs.device,
-                                     dtype=torch.float32), None
+        return self.decode(self._rows(index), inputs.device), None
+
+    def _rows(self, index: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return {name: self._arrays[name][index]
+                for name in self._layout(self.num_classes)
+                if name not in ('prints', 'filled')}
 
     def store(self, index: torch.Tensor, inputs: torch.Tensor,
               logits: torch.Tensor) -> None:
-        self._put(index, self.fingerprint(inputs), logits)
+        """Cache a batch's teacher logits (one process; under DDP the ranks
+        store what they exchange in :meth:`targets`)."""
+        self._put(index, self.fingerprint(inputs), self.encode(logits))
 
-    def _put(self, index, prints, logits) -> None:
-        self._grow(int(index.max()) + 1, logits.shape[1])
-        self.logits[index] = logits.detach().to('cpu', self.dtype)
-        self.prints[index] = prints.cpu()
-        self.filled[index] = True
+    def _put(self, index: torch.Tensor, prints: torch.Tensor,
+             rows: Dict[str, torch.Tensor]) -> None:
+        self._grow(int(index.max()) + 1)
+        arrays = self._arrays
+        for name, value in rows.items():
+            arrays[name][index] = value.to('cpu', arrays[name].dtype)
+        arrays['prints'][index] = prints.cpu().float()
+        # The flag last: in shared memory another local rank may see it
+        # set while this rank writes the entry. That is harmless: a rank
+        # reads an entry only in a later step than the collective that
+        # delivered it, and by then it has written the whole entry itself
+        # (every rank writes every gathered entry); the other ranks'
+        # concurrent writes of the entry are the same bytes, so no
+        # interleaving of them changes what it reads. Flags are only ever
+        # set, never cleared, so `len()` counts exactly the entries written.
+        arrays['filled'][index] = True
 
     def targets(self, index: torch.Tensor, inputs: torch.Tensor,
                 teacher) -> torch.Tensor:
         """The teacher's logits for a batch: replayed when cached, else
-        ``teacher(inputs)`` (and stored). Under DDP every rank must call it
-        once per step: ranks exchange what any of them computed."""
+        ``teacher(inputs)`` (stored, and returned as a replay will give
+        them). Under DDP every rank must call it once per step: ranks
+        exchange what any of them computed."""
         cached, error = self._replay(index, inputs)
         if get_world_size() == 1:
             if error is not None:
                 raise RuntimeError(error)
             if cached is None:
-                cached = self._as_stored(teacher(inputs))
-                self.store(index, inputs, cached)
+                rows = self.encode(teacher(inputs))
+                self._put(index, self.fingerprint(inputs), rows)
+                cached = self._as_replayed(rows, inputs)
             return cached
         # One all-reduce: how many ranks missed, and how many found a
         # changed input (then every rank stops, none waits for the others).
@@ -235,26 +431,36 @@ class TeacherOutputCache:
                 f'it was cached (their logs name it). {_DETERMINISTIC}'))
         if missed == 0:
             return cached
-        logits = self._as_stored(teacher(inputs)) if cached is None \
-            else cached
-        prints = self.fingerprint(inputs).to(inputs.device)
-        shared = self._gather([
-            index.to(inputs.device).double(),
-            prints.double(),
-            logits.detach().double()
-        ])
-        for k, p, v in zip(*shared):
+        if cached is None:
+            rows = self.encode(teacher(inputs))
+            logits = self._as_replayed(rows, inputs)
+            sent = index
+            prints = self.fingerprint(inputs)
+        else:
+            # Every rank already holds this batch's entries (all ranks
+            # store all that is exchanged): nothing to send.
+            logits, sent = cached, index[:0]
+            rows, prints = self._rows(sent), self._arrays['prints'][sent]
+        # The same order on every rank: the parts are gathered by position.
+        names = [n for n in self._layout(self.num_classes) if n in rows]
+        # Doubles carry every stored type exactly (int16 does not exist
+        # in NCCL), and all parts of one all-gather share a dtype.
+        exchanged = self._gather(
+            [sent.to(inputs.device).double(),
+             prints.to(inputs.device).double()] +
+            [rows[n].to(inputs.device).double() for n in names])
+        for k, p, *values in zip(*exchanged):
             if len(k):
-                self._put(k.long().cpu(), p.float(), v.float())
+                self._put(k.long().cpu(), p.float(),
+                          dict(zip(names, values)))
         return logits
 
-    def _as_stored(self, logits: torch.Tensor) -> torch.Tensor:
-        """Fresh logits as a replay will give them (rounded to float16 for a
-        float16 cache): every epoch, and a resumed run, train on the same
-        targets."""
-        if self.dtype == torch.float32:
-            return logits
-        return logits.to(self.dtype).to(logits.dtype)
+    def _as_replayed(self, rows: Dict[str, torch.Tensor],
+                     inputs: torch.Tensor) -> torch.Tensor:
+        """Fresh logits as a replay will give them (rounded to float16,
+        rebuilt from the top k): every epoch, and a resumed run, train on
+        the same targets."""
+        return self.decode(rows, inputs.device)
 
     @staticmethod
     def _gather(parts: List[torch.Tensor]) -> List[List[torch.Tensor]]:
@@ -270,16 +476,167 @@ class TeacherOutputCache:
                 for p in padded]
 
 
+def _is_int(value, low: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) \
+        and value >= low
+
+
+def _copy(old: Optional[Dict[str, torch.Tensor]],
+          new: Dict[str, torch.Tensor]) -> None:
+    if old is not None:
+        n = len(old['filled'])
+        for name, array in old.items():
+            new[name][:n] = array
+
+
+def _aligned(n: int) -> int:
+    return -(-n // _ALIGN) * _ALIGN
+
+
+def _segment_bytes(layout: Dict[str, tuple], capacity: int) -> int:
+    return sum(
+        _aligned(capacity * math.prod(shape) *
+                 torch.empty(0, dtype=dtype).element_size())
+        for shape, dtype in layout.values())
+
+
+def _views(base: torch.Tensor, layout: Dict[str, tuple],
+           capacity: int) -> Dict[str, torch.Tensor]:
+    """The arrays as views of one uint8 segment, each 64-byte aligned."""
+    arrays, offset = {}, 0
+    for name, (shape, dtype) in layout.items():
+        n = capacity * math.prod(shape) * torch.empty(
+            0, dtype=dtype).element_size()
+        arrays[name] = base[offset:offset + n].view(dtype).view(
+            (capacity, ) + shape)
+        offset += _aligned(n)
+    return arrays
+
+
+def _node_key() -> str:
+    """Who shares this process's ``/dev/shm``: the machine and its boot (a
+    host name alone may repeat across containers; the segment's visibility
+    is checked anyway)."""
+    try:
+        with open('/proc/sys/kernel/random/boot_id') as f:
+            boot = f.read().strip()
+    except OSError:
+        boot = ''
+    return f'{socket.gethostname()}/{boot}'
+
+
+def _segment_dirs() -> List[str]:
+    """Node-local memory first. Never the work_dir: on a filesystem that
+    several nodes mount, one file mapped by all would not be coherent (each
+    node makes its own file anyway)."""
+    dirs = ['/dev/shm'] if os.path.isdir('/dev/shm') else []
+    return dirs + [tempfile.gettempdir()]
+
+
+def _create_segment(name: str, nbytes: int) -> Tuple[Optional[str], str]:
+    """A file of ``nbytes`` whose blocks are allocated now (so that a full
+    ``/dev/shm`` fails here, not as a SIGBUS in the middle of training),
+    in the first folder of :func:`_segment_dirs` with room; (path, '') or
+    (None, why not)."""
+    reasons = []
+    for folder in _segment_dirs():
+        path = os.path.join(folder, name)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as e:
+            reasons.append(f'{folder}: {e}')
+            continue
+        try:
+            os.posix_fallocate(fd, 0, nbytes)
+            if reasons:  # a file on disk: shared, but written back to it
+                print_log(
+                    f'[mmtolerant] teacher cache: {"; ".join(reasons)}; '
+                    f'its shared file is in {folder} instead',
+                    logger='current', level=logging.WARNING)
+            return path, ''
+        except OSError as e:
+            os.unlink(path)
+            reasons.append(f'{folder}: {e}')
+        finally:
+            os.close(fd)
+    return None, '; '.join(reasons)
+
+
+def _shared_segment(nbytes: int, fill, required: bool
+                    ) -> Tuple[Optional[torch.Tensor], int]:
+    """A zeroed uint8 tensor of ``nbytes`` that all ranks of this node map,
+    and their number; (None, 1) where a node cannot share one (logged, or
+    raised when ``required``). Collective: every rank calls it.
+
+    The node's first rank creates the file under a name made of rank 0's
+    random token and its own rank, and ``fill``s it (the entries of a
+    smaller segment when the cache grows); the ranks meet; the others map
+    it; the ranks meet; the first rank removes the file (the mappings stay
+    valid and the memory is freed with the last one). A failure in between
+    is caught and reported at the next meeting, so that every rank runs the
+    same collectives and none waits for a rank that left.
+    """
+    rank = get_rank()
+    everyone = all_gather_object((_node_key(), uuid.uuid4().hex))
+    node = [r for r, (key, _) in enumerate(everyone)
+            if key == everyone[rank][0]]
+    leader = node[0]
+    base, path, error = None, None, ''
+    if rank == leader and len(node) > 1:
+        name = f'mmtolerant-teacher-cache-{everyone[0][1]}-{leader}'
+        path, error = _create_segment(name, nbytes)
+        try:
+            if path is not None:
+                base = torch.from_file(path, shared=True, size=nbytes,
+                                       dtype=torch.uint8)
+                fill(base)
+        except Exception as e:  # any: told to all at the next meeting
+            os.unlink(path)
+            base, path, error = None, None, f'rank {rank}: {e}'
+    path = all_gather_object((path, error))[leader][0]
+    if rank != leader and path is not None:
+        try:
+            # Same host name and boot, yet another /dev/shm (a container
+            # of its own): the file is not there.
+            if not os.path.exists(path):
+                raise OSError(f'{path} is not visible here')
+            base = torch.from_file(path, shared=True, size=nbytes,
+                                   dtype=torch.uint8)
+        except Exception as e:  # any: told to all at the next meeting
+            error = f'rank {rank}: {e}'
+    errors = all_gather_object(error)
+    if rank == leader and path is not None:
+        os.unlink(path)
+    ours = [errors[r] for r in node if errors[r]]
+    if len(node) > 1 and not ours:
+        return base, len(node)
+    failed = [e for e in errors if e]
+    if required and failed:
+        raise RuntimeError(
+            'teacher_cache.shared=True: no shared memory for the cache on '
+            f'every node ({"; ".join(failed)}); free room in /dev/shm (or '
+            "the temporary folder), or set teacher_cache.shared='auto' to "
+            'hold a private copy where sharing fails')
+    if ours:
+        print_log(
+            '[mmtolerant] teacher cache: no shared memory on this node '
+            f'({"; ".join(ours)}): every rank holds its own copy',
+            logger='current')
+    return None, 1
+
+
 def teacher_cache_from_cfg(cfg: dict, owner: str) -> TeacherOutputCache:
-    """Build a cache from its config (``dict()`` or ``dict(dtype=...)``),
-    refusing anything else with an error that starts with ``owner``."""
+    """Build a cache from its config (``dict()``, ``dict(dtype=...,
+    views=..., topk=..., shared=...)``), refusing anything else with an
+    error that starts with ``owner``."""
     if not isinstance(cfg, dict):
         raise ValueError(f'{owner}: teacher_cache must be None or a dict '
                          f"such as dict(dtype='float16'), got {cfg!r}")
-    unknown = sorted(set(cfg) - {'dtype', 'views'})
+    known = ('dtype', 'views', 'topk', 'shared')
+    unknown = sorted(set(cfg) - set(known))
     if unknown:
         raise ValueError(f'{owner}: unknown teacher_cache keys {unknown} '
-                         '(known: dtype, views)')
+                         f'(known: {", ".join(known)})')
     try:
         return TeacherOutputCache(**cfg)
     except ValueError as e:
