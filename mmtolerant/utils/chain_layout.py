@@ -11,7 +11,7 @@
             last_checkpoint        names the newest checkpoint
             exported_model.pth/.py the handed-on model, as stock mmpretrain
             test_predictions.npz   its softmax scores on the test set
-            teacher.json           (m >= 1) the teacher export it trains under
+            teacher.json           (m >= 1) the teacher exports it trains under
             generation.json        its record; written last: m is finished
 """
 import glob

@@ -481,9 +481,9 @@ def test_each_student_records_the_teacher_export_it_trains_under(chain):
         with open(work_dir / f'gen_{m}' / 'teacher.json') as f:
             recorded = json.load(f)
         teacher = work_dir / f'gen_{m - 1}' / 'exported_model.pth'
-        assert recorded == dict(
+        assert recorded == dict(teachers=[dict(
             teacher=str(teacher),
-            sha256=hashlib.sha256(teacher.read_bytes()).hexdigest())
+            sha256=hashlib.sha256(teacher.read_bytes()).hexdigest())])
     assert not (work_dir / 'gen_0' / 'teacher.json').exists()
 
 

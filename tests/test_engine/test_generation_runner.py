@@ -417,6 +417,12 @@ def test_every_generation_can_stop_and_resume_mid_epoch(tmp_path):
 
 
 @pytest.mark.parametrize('options, message', [
+    ({'generations.teacher': 'best'},
+     r"teacher must be one of \('previous', 'ensemble'\), got 'best'"),
+    ({'generations.teacher': 'ensemble', 'generations.ensemble_window': 0},
+     r'ensemble_window must be None or an integer >= 1, got 0'),
+    ({'generations.ensemble_window': 2},
+     r"ensemble_window=2 needs teacher='ensemble'"),
     ({'generations.stop_after': 3},
      r'stop_after must be None or a generation 0\.\.2, got 3'),
     ({'generations.stop_after': True}, 'stop_after must be None'),
@@ -427,7 +433,7 @@ def test_every_generation_can_stop_and_resume_mid_epoch(tmp_path):
     ({'custom_hooks': [dict(type='PreemptionHook', check_interval=0)]},
      r'check_interval must be an int >= 1, got 0'),
 ])
-def test_bad_stop_settings_are_refused_naming_the_value(
+def test_bad_teacher_and_stop_settings_are_refused_naming_the_value(
         tmp_path, options, message):
     from mmpretrain.registry import HOOKS
     cfg = chain_cfg(tmp_path, **options)
@@ -435,3 +441,53 @@ def test_bad_stop_settings_are_refused_naming_the_value(
         runner = GenerationRunner.from_cfg(cfg)
         for hook in runner.generation_cfgs[0].custom_hooks:
             HOOKS.build(hook)
+
+
+def test_an_ensemble_teacher_chain_teaches_each_student_with_all_before_it(
+        tmp_path):
+    """teacher='ensemble': M2 learns from M0 and M1 together. Its config,
+    its role in the report, its recorded teachers, and its teacher's
+    top-1 (validated live by the EnsembleTeacher) equal the average of
+    M0's and M1's saved test predictions, computed here from the files."""
+    import hashlib
+    work_dir = tmp_path / 'ensemble'
+    runner = GenerationRunner.from_cfg(chain_cfg(
+        work_dir, **{'generations.teacher': 'ensemble'}))
+    assert runner.generation_cfgs[1].model.teacher.checkpoint.endswith(
+        osp.join('gen_0', 'exported_model.pth'))
+    assert [m['checkpoint'] for m in
+            runner.generation_cfgs[2].model.teacher.members] == [
+                str(work_dir / f'gen_{g}' / 'exported_model.pth')
+                for g in (0, 1)]
+    records = runner.train()
+    assert records[2]['trained_with'].startswith(
+        'student of the ensemble of M0..M1')
+    with open(work_dir / 'gen_2' / 'teacher.json') as f:
+        recorded = json.load(f)['teachers']
+    assert [r['sha256'] for r in recorded] == [
+        hashlib.sha256((work_dir / f'gen_{g}' / 'exported_model.pth')
+                       .read_bytes()).hexdigest() for g in (0, 1)]
+    probs = []
+    for g in (0, 1):
+        with np.load(work_dir / f'gen_{g}' / 'test_predictions.npz') as d:
+            probs.append(d['scores'].astype(np.float64))
+            labels = d['labels']
+    expected = 100.0 * np.mean(np.mean(probs, 0).argmax(1) == labels)
+    assert records[2]['teacher_top1'] == pytest.approx(expected)
+    # The live teacher in M2's validation gave the same accuracy.
+    (log, ) = glob.glob(str(work_dir / 'gen_2' / '*' / '*.log'))
+    with open(log) as f:
+        live = re.findall(r'teacher_accuracy/top1: ([\d.]+)', f.read())
+    assert float(live[-1]) == pytest.approx(expected, abs=0.01)
+
+
+@pytest.mark.parametrize('teacher, window, expected', [
+    ('previous', None, [[], [0], [1], [2], [3]]),
+    ('ensemble', None, [[], [0], [0, 1], [0, 1, 2], [0, 1, 2, 3]]),
+    ('ensemble', 2, [[], [0], [0, 1], [1, 2], [2, 3]]),
+])
+def test_each_generations_teachers(teacher, window, expected):
+    from mmtolerant.engine.runner import GenerationSettings
+    settings = GenerationSettings.from_cfg(dict(
+        num_generations=4, teacher=teacher, ensemble_window=window))
+    assert [settings.teachers_of(m) for m in range(5)] == expected

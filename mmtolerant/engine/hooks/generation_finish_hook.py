@@ -3,7 +3,7 @@ import copy
 import json
 import os.path as osp
 import time
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 from mmengine.config import Config
@@ -116,6 +116,9 @@ class GenerationFinishHook(Hook):
         hand_on (str): ``'last'`` or ``'best'``.
         report_k (int): K of the top-K secondary mass.
         report_train (bool): Also report the training set.
+        teachers (Sequence[int], optional): The generations that teach
+            this one (several: an ensemble teacher), whose saved test
+            predictions give the teacher's top-1. Default: generation m-1.
     """
     # Last, after MMEngine's own hooks have ended the run (the logger's
     # after_run closes the visualizer): generation.json is the last file.
@@ -123,8 +126,12 @@ class GenerationFinishHook(Hook):
 
     def __init__(self, generation: int, chain_dir: str, role: str = '',
                  hand_on: str = 'last', report_k: int = 3,
-                 report_train: bool = False):
+                 report_train: bool = False,
+                 teachers: Optional[Sequence[int]] = None):
         self.generation = generation
+        self.teachers = list(
+            teachers if teachers is not None else
+            ([generation - 1] if generation else []))
         self.layout = ChainLayout(chain_dir)
         self.role = role
         self.hand_on = hand_on
@@ -267,7 +274,7 @@ class GenerationFinishHook(Hook):
     def _chain_columns(self, scores: np.ndarray,
                        labels: np.ndarray) -> dict:
         """The ensemble of the students M1..Mm (M0 alone for m = 0) and the
-        teacher's top-1, from the earlier generations' files."""
+        teacher's top-1, from the earlier generations' saved predictions."""
         m = self.generation
         members = [m] if m == 0 else list(range(1, m + 1))
         all_scores = [
@@ -275,9 +282,14 @@ class GenerationFinishHook(Hook):
                 self.layout.gen_file(g, PREDICTIONS))[0] for g in members
         ]
         teacher_top1: Optional[float] = None
-        if m:
-            with open(self.layout.gen_file(m - 1, GENERATION_FILE)) as f:
-                teacher_top1 = json.load(f)['top1']
+        if self.teachers:
+            # The teacher's prediction: its generation's (the average of
+            # its members' for an ensemble, as EnsembleTeacher predicts).
+            teacher_top1 = topk_accuracy(
+                ensemble_scores([
+                    load_predictions(self.layout.gen_file(
+                        g, PREDICTIONS))[0] for g in self.teachers
+                ]), labels, 1)
         return dict(
             ensemble_members=members,
             ensemble_top1=topk_accuracy(ensemble_scores(all_scores), labels,

@@ -4,6 +4,7 @@ work_dir's results from being lost or mixed."""
 import hashlib
 import json
 import os
+import os.path as osp
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -172,37 +173,44 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def record_teacher(layout: ChainLayout, m: int) -> None:
-    """Record, as generation m starts, the teacher export it trains under
-    (``gen_<m>/teacher.json``): its checkpoints and results belong to that
-    file."""
-    teacher = layout.gen_file(m - 1, EXPORT_CKPT)
+def record_teacher(layout: ChainLayout, m: int, teachers: List[int]) -> None:
+    """Record, as generation m starts, the teacher exports it trains under
+    (``gen_<m>/teacher.json``; those of ``teachers``, its generations): its
+    checkpoints and results belong to those files."""
+    exports = [layout.gen_file(g, EXPORT_CKPT) for g in teachers]
     os.makedirs(layout.gen_dir(m), exist_ok=True)
     atomic_write_text(
-        json.dumps(dict(teacher=teacher, sha256=_sha256(teacher)), indent=2),
-        layout.gen_file(m, TEACHER_FILE))
+        json.dumps(dict(teachers=[
+            dict(teacher=path, sha256=_sha256(path)) for path in exports
+        ]), indent=2), layout.gen_file(m, TEACHER_FILE))
 
 
 def check_teacher(layout: ChainLayout, m: int) -> None:
     """Refuse to keep started generation m (its checkpoints or results)
-    when its teacher's export is no longer the file it trained under.
-    Generations started before teachers were recorded are not checked."""
+    when one of its teachers' exports is no longer the file it trained
+    under. Generations started before teachers were recorded are not
+    checked."""
     path = layout.gen_file(m, TEACHER_FILE)
     if not os.path.isfile(path):
         return
     with open(path) as f:
-        recorded = json.load(f)['sha256']
-    teacher = layout.gen_file(m - 1, EXPORT_CKPT)
-    now = _sha256(teacher) if os.path.isfile(teacher) else 'missing'
-    if now != recorded:
-        state = 'finished' if layout.is_finished(m) else 'started'
-        raise ValueError(
-            f'generation {m} ({state}) was trained under the teacher '
-            f'{teacher} with sha256 {recorded[:12]}..., but that file is '
-            f'now {now[:12]}: its checkpoints and results belong to another '
-            f'teacher. Delete {layout.gen_dir(m)} and the folders of the '
-            'later generations to train them under the current one; '
-            'nothing was changed.')
+        recorded = json.load(f)
+    # (One teacher, as chains recorded it before ensembles.)
+    entries = recorded.get('teachers', [recorded])
+    for entry in entries:
+        # Found by its generation: the work_dir may have moved.
+        folder = osp.basename(osp.dirname(entry['teacher']))
+        teacher = osp.join(layout.work_dir, folder, EXPORT_CKPT)
+        now = _sha256(teacher) if os.path.isfile(teacher) else 'missing'
+        if now != entry['sha256']:
+            state = 'finished' if layout.is_finished(m) else 'started'
+            raise ValueError(
+                f'generation {m} ({state}) was trained under the teacher '
+                f'{teacher} with sha256 {entry["sha256"][:12]}..., but that '
+                f'file is now {now[:12]}: its checkpoints and results '
+                f'belong to another teacher. Delete {layout.gen_dir(m)} and '
+                'the folders of the later generations to train them under '
+                'the current one; nothing was changed.')
 
 
 def _check_finished_files(layout: ChainLayout, m: int) -> None:

@@ -10,6 +10,7 @@ generation m-1's export) and the settings that change only how fast the
 teachers run.
 """
 import json
+import os.path as osp
 from typing import Any, Dict, List, Optional
 
 from mmengine.config import Config
@@ -64,6 +65,12 @@ def generation_record(cfg: Config,
         if isinstance(teacher, dict):
             teacher.pop('config', None)
             teacher.pop('checkpoint', None)
+            if isinstance(teacher.get('members'), list):
+                # Which generations, not where their files lie.
+                teacher['members'] = [
+                    osp.basename(osp.dirname(str(member.get('checkpoint'))))
+                    for member in teacher['members']
+                ]
     loader = plain_data(cfg.get('train_dataloader') or {})
     if isinstance(loader, dict):
         for name in _LOADER_SPEED_SETTINGS:

@@ -117,8 +117,19 @@ def generation_role(settings: GenerationSettings, m: int,
     loss = loss_name(head_loss)
     if m == 0:
         return f'patriarch, trained on data with {loss}'
-    return (f'student of M{m - 1} (lam={settings.lam:g}, '
+    teachers = settings.teachers_of(m)
+    teacher = f'M{teachers[0]}' if len(teachers) == 1 else (
+        f'the ensemble of M{teachers[0]}..M{teachers[-1]}')
+    return (f'student of {teacher} (lam={settings.lam:g}, '
             f'{loss_name(settings.distill_loss)}), head loss {loss}')
+
+
+def teacher_checkpoints(model_cfg: dict) -> List[str]:
+    """The checkpoint files of a student's teacher (each member's, for an
+    ensemble)."""
+    teacher = model_cfg.get('teacher') or {}
+    members = teacher.get('members', [teacher])
+    return [member['checkpoint'] for member in members]
 
 
 def _model(model_cfg, settings: GenerationSettings, m: int,
@@ -138,9 +149,15 @@ def _model(model_cfg, settings: GenerationSettings, m: int,
     if m == 0:
         return model
     model.type = 'DistillImageClassifier'
-    model.teacher = dict(
-        config=layout.gen_file(m - 1, EXPORT_CFG),
-        checkpoint=layout.gen_file(m - 1, EXPORT_CKPT))
+    teachers = [
+        dict(config=layout.gen_file(g, EXPORT_CFG),
+             checkpoint=layout.gen_file(g, EXPORT_CKPT))
+        for g in settings.teachers_of(m)
+    ]
+    # An ensemble of one teaches as its member does (the same softmax at
+    # every temperature): it is that member.
+    model.teacher = teachers[0] if len(teachers) == 1 else dict(
+        members=teachers)
     model.lam = settings.lam
     model.distill_loss = copy.deepcopy(settings.distill_loss)
     defaults = GenerationSettings(num_generations=1)
@@ -224,7 +241,8 @@ def _add_chain_hooks(cfg: Config, chain_cfg: Config,
         dict(type='GenerationFinishHook', generation=m,
              chain_dir=ChainLayout(chain_cfg.work_dir).work_dir, role=role,
              hand_on=settings.hand_on, report_k=settings.report_k,
-             report_train=settings.report_train),
+             report_train=settings.report_train,
+             teachers=settings.teachers_of(m)),
     ]
     if m >= 1 and settings.teacher_cache is not None:
         hooks.append(dict(type='TeacherCacheLoggerHook'))

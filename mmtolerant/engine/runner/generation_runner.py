@@ -28,7 +28,7 @@ from .chain_plan import ChainPlan, plan_chain, record_teacher
 from .chain_visualizer import write_generation_scalars
 from .generation_config import (check_cache_input, check_generation_cfgs,
                                 generation_cfgs, generation_test_cfg,
-                                preemption_hook_cfg)
+                                preemption_hook_cfg, teacher_checkpoints)
 from .generation_settings import GenerationSettings
 
 
@@ -272,16 +272,17 @@ class GenerationRunner:
 
     def _run_generation(self, m: int, plan: ChainPlan) -> None:
         cfg = copy.deepcopy(self.generation_cfgs[m])
-        if m >= 1 and not osp.isfile(cfg.model.teacher.checkpoint):
-            raise FileNotFoundError(
-                f'generation {m} needs its teacher '
-                f'{cfg.model.teacher.checkpoint}, which does not exist')
+        for checkpoint in teacher_checkpoints(cfg.model) if m >= 1 else ():
+            if not osp.isfile(checkpoint):
+                raise FileNotFoundError(
+                    f'generation {m} needs its teacher {checkpoint}, which '
+                    'does not exist')
         if m == plan.first and plan.resume_from:
             cfg.resume = True
             cfg.load_from = plan.resume_from
             _log(f'generation {m}: resuming from {plan.resume_from}')
         elif m >= 1 and is_main_process():
-            record_teacher(self.layout, m)
+            record_teacher(self.layout, m, self.settings.teachers_of(m))
         started = time.time()
         # The environment and config are logged once per chain (the config
         # of each generation is dumped in its folder).

@@ -2,13 +2,14 @@
 import copy
 import numbers
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from mmtolerant.models.classifiers import check_teacher_options
 from mmtolerant.models.classifiers.teacher_cache import \
     teacher_cache_from_cfg
 
 TOLERANT_CHOICES = ('patriarch', 'all', 'none')
+TEACHER_CHOICES = ('previous', 'ensemble')
 HAND_ON_CHOICES = ('last', 'best')
 
 
@@ -58,7 +59,9 @@ class GenerationSettings:
             wrapped in ``AugmentationViews`` and sampled by
             ``AugmentationViewSampler``, so that epoch e shows the fixed
             view ``e % V`` of each sample and the teacher runs in the first
-            V epochs only. Default None.
+            V epochs only; ``topk=k`` stores FKD's top-k logits (exact
+            probabilities at temperature 1 only); under DDP one copy per
+            node in shared memory (``shared='auto'``). Default None.
         teacher_autocast (str, optional): Given to every student as
             ``DistillImageClassifier(teacher_autocast=...)``: ``'bfloat16'``
             or ``'float16'`` runs the teachers alone in that precision.
@@ -73,6 +76,14 @@ class GenerationSettings:
             the teachers run in the channels-last memory layout. Default
             None: not given, so the classifier's own setting applies (by
             default automatic: channels-last unless it fails).
+        teacher (str): Whom a student learns from: ``'previous'`` (the
+            default, the paper's chain: M^m from M^(m-1)) or ``'ensemble'``
+            (M^m from the average softmax output of M^0..M^(m-1), an
+            :class:`~mmtolerant.models.classifiers.EnsembleTeacher`; with
+            ``teacher_cache`` its outputs are cached once per sample).
+        ensemble_window (int, optional): With ``teacher='ensemble'``, only
+            the latest ``ensemble_window`` generations M^(m-w)..M^(m-1).
+            Default None: all of M^0..M^(m-1).
         stop_after (int, optional): Stop the run once generation
             ``stop_after`` is finished (its report written; exit code 0),
             to train a long chain generation by generation: a later run
@@ -95,6 +106,8 @@ class GenerationSettings:
     teacher_autocast: Optional[str] = None
     teacher_compile: Any = False
     teacher_channels_last: Optional[bool] = None
+    teacher: str = 'previous'
+    ensemble_window: Optional[int] = None
     stop_after: Optional[int] = None
 
     @classmethod
@@ -158,6 +171,18 @@ class GenerationSettings:
         check_teacher_options('generations', self.teacher_autocast,
                               self.teacher_compile,
                               self.teacher_channels_last)
+        if self.teacher not in TEACHER_CHOICES:
+            _fail(f'teacher must be one of {TEACHER_CHOICES}, got '
+                  f'{self.teacher!r}')
+        window = self.ensemble_window
+        if window is not None:
+            if isinstance(window, bool) or not isinstance(
+                    window, numbers.Integral) or window < 1:
+                _fail('ensemble_window must be None or an integer >= 1, got '
+                      f'{window!r}')
+            if self.teacher != 'ensemble':
+                _fail(f'ensemble_window={window!r} needs '
+                      f"teacher='ensemble' (got teacher={self.teacher!r})")
         stop = self.stop_after
         if stop is not None and (isinstance(stop, bool) or not isinstance(
                 stop, numbers.Integral) or not 0 <= stop <= n):
@@ -186,6 +211,17 @@ class GenerationSettings:
                       f'keys, got {options!r}')
             overrides[index] = dict(options)
         return overrides
+
+    def teachers_of(self, generation: int) -> List[int]:
+        """The generations whose exports teach ``generation`` (none for
+        the patriarch)."""
+        if generation == 0:
+            return []
+        if self.teacher == 'previous':
+            return [generation - 1]
+        first = 0 if self.ensemble_window is None else max(
+            0, generation - self.ensemble_window)
+        return list(range(first, generation))
 
     def is_tolerant(self, generation: int) -> bool:
         """Whether generation ``generation`` trains with ``teacher_loss``."""

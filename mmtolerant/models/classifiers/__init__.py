@@ -1,8 +1,10 @@
 from .distill_classifier import DistillImageClassifier
-from .frozen_teacher import FrozenTeacher, check_teacher_options
+from .frozen_teacher import (EnsembleTeacher, FrozenTeacher, build_teacher,
+                             check_teacher_options)
 from .plain_classifier import export_plain_model, plain_classifier_cfg
 
 __all__ = [
-    'DistillImageClassifier', 'FrozenTeacher', 'check_teacher_options',
+    'DistillImageClassifier', 'EnsembleTeacher', 'FrozenTeacher',
+    'build_teacher', 'check_teacher_options',
     'export_plain_model', 'plain_classifier_cfg'
 ]
