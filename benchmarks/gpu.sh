@@ -54,4 +54,4 @@ echo "chain wall time: $(( $(date +%s) - start )) s on $NGPU GPU(s)" \
 grep -E 'Distributed training|GPU number|teacher cache|\[chain\] generation' \
     "$OUT_DIR/chain.log" | tail -n 12 | tee -a "$OUT_DIR/chain.txt" || true
 [ -f "$OUT_DIR/chain/generations.md" ] \
-    && tee -a "$OUT_DIR/chain.txt" < "$OUT_DIR/chain/generations.md"
+    && tee -a "$OUT_DIR/chain.txt" < "$OUT_DIR/chain/generations.md" || true

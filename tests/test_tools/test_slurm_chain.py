@@ -26,8 +26,11 @@ FAKE_SRUN = textwrap.dedent("""\
         SLURM_NODELIST=fakenode "$@" &
         pids+=($!)
     done
+    # srun passes SIGUSR1 on to its tasks.
+    trap 'kill -USR1 "${pids[@]}" 2>/dev/null' USR1
     rc=0
     for pid in "${pids[@]}"; do
+        while kill -0 "$pid" 2>/dev/null; do wait "$pid"; done
         wait "$pid"; code=$?
         if [ "$code" -gt "$rc" ]; then rc=$code; fi
     done

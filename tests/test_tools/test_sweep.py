@@ -164,7 +164,7 @@ class FakeJob:
         return 0
 
 
-def test_local_executor_runs_parallel_jobs_on_disjoint_gpus_and_ports(
+def test_submitit_local_jobs_get_disjoint_gpus_and_ports_from_their_slots(
         sweep, monkeypatch, tmp_path):
     executor = FakeExecutor()
     monkeypatch.setattr(chain_jobs, 'make_executor', lambda options: executor)
