@@ -10,7 +10,8 @@ from mmpretrain.registry import MODELS
 from mmpretrain.structures import DataSample
 
 from ..losses.utils import check_in_range
-from .frozen_teacher import build_teacher, check_teacher_options
+from .ensemble_teacher import build_teacher
+from .frozen_teacher import check_teacher_options
 from .teacher_cache import TeacherOutputCache, teacher_cache_from_cfg
 
 
