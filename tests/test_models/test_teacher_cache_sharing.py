@@ -17,8 +17,8 @@ import torch
 import torch.distributed as dist
 from mmengine.dist import all_gather_object
 
-from mmtolerant.models.classifiers import teacher_cache
 from mmtolerant.models.classifiers.teacher_cache import TeacherOutputCache
+from mmtolerant.utils import node_shared_memory
 from mmtolerant.utils.distributed import end_distributed
 
 CLASSES, ENTRIES, BATCH = 1000, 16384, 512  # 62.5 MiB of float32 logits
@@ -126,8 +126,9 @@ del cache
 
 # No room for the segment: 'auto' falls back to a private copy in each
 # rank (logged), shared=True stops every rank with the reason.
-create = teacher_cache._create_segment
-teacher_cache._create_segment = lambda name, nbytes: (None, 'no room (test)')
+create = node_shared_memory._create_segment
+node_shared_memory._create_segment = \
+    lambda owner, name, nbytes: (None, 'no room (test)')
 cache = TeacherOutputCache()
 fill_and_replay(cache, lambda logits: logits, 1024)
 out['no_room'] = [cache.shared_by]
@@ -135,12 +136,12 @@ try:
     fill_and_replay(TeacherOutputCache(shared=True), lambda x: x, 1024)
 except RuntimeError as e:
     out['no_room'].append(str(e))
-teacher_cache._create_segment = create
+node_shared_memory._create_segment = create
 del cache
 
 # Ranks on two nodes: nothing to share, each keeps a private copy, even
 # with shared=True (there is no other local rank to share with).
-teacher_cache._node_key = lambda: f'node-{rank}'
+node_shared_memory._node_key = lambda: f'node-{rank}'
 out['two_nodes'] = []
 for shared in ('auto', True):
     cache = TeacherOutputCache(shared=shared)

@@ -23,21 +23,17 @@ For ImageNet-sized caches, ``topk=k`` stores FKD's compressed soft labels
 (the k largest logits and their classes) and, under DDP, ``shared`` keeps
 one copy per node in shared memory instead of one per rank.
 """
-import logging
 import math
-import os
-import socket
-import tempfile
-import uuid
 from typing import Dict, List, Optional, Tuple
 
 import torch
-from mmengine.dist import (all_gather, all_gather_object, all_reduce,
-                           get_rank, get_world_size)
+from mmengine.dist import all_gather, all_reduce, get_world_size
 from mmengine.logging import print_log
 
+from mmtolerant.utils.node_shared_memory import (NodeSharedMemoryError,
+                                                 node_shared_tensors)
+
 DTYPES = {'float32': torch.float32, 'float16': torch.float16}
-_ALIGN = 64  # bytes; every array of a shared segment starts aligned
 _DETERMINISTIC = (
     'The cache needs a deterministic training input: no random transforms '
     'in the train pipeline unless teacher_cache.views is set, no batch '
@@ -230,23 +226,36 @@ class TeacherOutputCache:
                   ) -> Tuple[Dict[str, torch.Tensor], int]:
         """New arrays for ``capacity`` entries holding the current ones, and
         how many processes map them."""
-        layout = self._layout(self.num_classes)
+        shapes = {name: ((capacity, ) + shape, dtype)
+                  for name, (shape, dtype) in self._layout(
+                      self.num_classes).items()}
         old = self._arrays
-        base, shared_by = None, 1
         if get_world_size() > 1 and self.shared is not False:
-            base, shared_by = _shared_segment(
-                _segment_bytes(layout, capacity),
-                lambda b: _copy(old, _views(b, layout, capacity)),
-                required=self.shared is True)
-        if base is not None:
-            # The node's first rank copied the old entries in already.
-            return _views(base, layout, capacity), shared_by
-        arrays = {
-            name: torch.zeros((capacity, ) + shape, dtype=dtype)
-            for name, (shape, dtype) in layout.items()
-        }
+            arrays, shared_by = self._shared_arrays(shapes, old)
+            if arrays is not None:
+                # The node's first rank copied the old entries in already.
+                return arrays, shared_by
+        arrays = {name: torch.zeros(shape, dtype=dtype)
+                  for name, (shape, dtype) in shapes.items()}
         _copy(old, arrays)
         return arrays, 1
+
+    def _shared_arrays(self, shapes: Dict[str, tuple],
+                       old: Optional[Dict[str, torch.Tensor]]
+                       ) -> Tuple[Optional[Dict[str, torch.Tensor]], int]:
+        """One copy per node (see :mod:`mmtolerant.utils.node_shared_memory`),
+        or ``(None, 1)`` where ``shared='auto'`` falls back to a private
+        copy. Collective: every rank calls it."""
+        try:
+            return node_shared_tensors(
+                'teacher cache', shapes, lambda new: _copy(old, new),
+                required=self.shared is True)
+        except NodeSharedMemoryError as e:
+            raise RuntimeError(
+                'teacher_cache.shared=True: no shared memory for the cache '
+                f'on every node ({e.reasons}); free room in /dev/shm (or '
+                "the temporary folder), or set teacher_cache.shared='auto' "
+                'to hold a private copy where sharing fails') from None
 
     # --- keys and fingerprints ---------------------------------------------
 
@@ -487,142 +496,6 @@ def _copy(old: Optional[Dict[str, torch.Tensor]],
         n = len(old['filled'])
         for name, array in old.items():
             new[name][:n] = array
-
-
-def _aligned(n: int) -> int:
-    return -(-n // _ALIGN) * _ALIGN
-
-
-def _segment_bytes(layout: Dict[str, tuple], capacity: int) -> int:
-    return sum(
-        _aligned(capacity * math.prod(shape) *
-                 torch.empty(0, dtype=dtype).element_size())
-        for shape, dtype in layout.values())
-
-
-def _views(base: torch.Tensor, layout: Dict[str, tuple],
-           capacity: int) -> Dict[str, torch.Tensor]:
-    """The arrays as views of one uint8 segment, each 64-byte aligned."""
-    arrays, offset = {}, 0
-    for name, (shape, dtype) in layout.items():
-        n = capacity * math.prod(shape) * torch.empty(
-            0, dtype=dtype).element_size()
-        arrays[name] = base[offset:offset + n].view(dtype).view(
-            (capacity, ) + shape)
-        offset += _aligned(n)
-    return arrays
-
-
-def _node_key() -> str:
-    """Who shares this process's ``/dev/shm``: the machine and its boot (a
-    host name alone may repeat across containers; the segment's visibility
-    is checked anyway)."""
-    try:
-        with open('/proc/sys/kernel/random/boot_id') as f:
-            boot = f.read().strip()
-    except OSError:
-        boot = ''
-    return f'{socket.gethostname()}/{boot}'
-
-
-def _segment_dirs() -> List[str]:
-    """Node-local memory first. Never the work_dir: on a filesystem that
-    several nodes mount, one file mapped by all would not be coherent (each
-    node makes its own file anyway)."""
-    dirs = ['/dev/shm'] if os.path.isdir('/dev/shm') else []
-    return dirs + [tempfile.gettempdir()]
-
-
-def _create_segment(name: str, nbytes: int) -> Tuple[Optional[str], str]:
-    """A file of ``nbytes`` whose blocks are allocated now (so that a full
-    ``/dev/shm`` fails here, not as a SIGBUS in the middle of training),
-    in the first folder of :func:`_segment_dirs` with room; (path, '') or
-    (None, why not)."""
-    reasons = []
-    for folder in _segment_dirs():
-        path = os.path.join(folder, name)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        except OSError as e:
-            reasons.append(f'{folder}: {e}')
-            continue
-        try:
-            os.posix_fallocate(fd, 0, nbytes)
-            if reasons:  # a file on disk: shared, but written back to it
-                print_log(
-                    f'[mmtolerant] teacher cache: {"; ".join(reasons)}; '
-                    f'its shared file is in {folder} instead',
-                    logger='current', level=logging.WARNING)
-            return path, ''
-        except OSError as e:
-            os.unlink(path)
-            reasons.append(f'{folder}: {e}')
-        finally:
-            os.close(fd)
-    return None, '; '.join(reasons)
-
-
-def _shared_segment(nbytes: int, fill, required: bool
-                    ) -> Tuple[Optional[torch.Tensor], int]:
-    """A zeroed uint8 tensor of ``nbytes`` that all ranks of this node map,
-    and their number; (None, 1) where a node cannot share one (logged, or
-    raised when ``required``). Collective: every rank calls it.
-
-    The node's first rank creates the file under a name made of rank 0's
-    random token and its own rank, and ``fill``s it (the entries of a
-    smaller segment when the cache grows); the ranks meet; the others map
-    it; the ranks meet; the first rank removes the file (the mappings stay
-    valid and the memory is freed with the last one). A failure in between
-    is caught and reported at the next meeting, so that every rank runs the
-    same collectives and none waits for a rank that left.
-    """
-    rank = get_rank()
-    everyone = all_gather_object((_node_key(), uuid.uuid4().hex))
-    node = [r for r, (key, _) in enumerate(everyone)
-            if key == everyone[rank][0]]
-    leader = node[0]
-    base, path, error = None, None, ''
-    if rank == leader and len(node) > 1:
-        name = f'mmtolerant-teacher-cache-{everyone[0][1]}-{leader}'
-        path, error = _create_segment(name, nbytes)
-        try:
-            if path is not None:
-                base = torch.from_file(path, shared=True, size=nbytes,
-                                       dtype=torch.uint8)
-                fill(base)
-        except Exception as e:  # any: told to all at the next meeting
-            os.unlink(path)
-            base, path, error = None, None, f'rank {rank}: {e}'
-    path = all_gather_object((path, error))[leader][0]
-    if rank != leader and path is not None:
-        try:
-            # Same host name and boot, yet another /dev/shm (a container
-            # of its own): the file is not there.
-            if not os.path.exists(path):
-                raise OSError(f'{path} is not visible here')
-            base = torch.from_file(path, shared=True, size=nbytes,
-                                   dtype=torch.uint8)
-        except Exception as e:  # any: told to all at the next meeting
-            error = f'rank {rank}: {e}'
-    errors = all_gather_object(error)
-    if rank == leader and path is not None:
-        os.unlink(path)
-    ours = [errors[r] for r in node if errors[r]]
-    if len(node) > 1 and not ours:
-        return base, len(node)
-    failed = [e for e in errors if e]
-    if required and failed:
-        raise RuntimeError(
-            'teacher_cache.shared=True: no shared memory for the cache on '
-            f'every node ({"; ".join(failed)}); free room in /dev/shm (or '
-            "the temporary folder), or set teacher_cache.shared='auto' to "
-            'hold a private copy where sharing fails')
-    if ours:
-        print_log(
-            '[mmtolerant] teacher cache: no shared memory on this node '
-            f'({"; ".join(ours)}): every rank holds its own copy',
-            logger='current')
-    return None, 1
 
 
 def teacher_cache_from_cfg(cfg: dict, owner: str) -> TeacherOutputCache:
