@@ -1,7 +1,7 @@
-"""tools/analysis/sweep.py's launchers (mmtolerant/utils/chain_jobs.py):
-the local pool's GPU split, the SLURM job array's parameters, and a chain
-requeued by submitit's local executor. (Its grid and tables:
-tests/test_tools/test_analysis_tools.py.)"""
+"""tools/analysis/sweep.py's launchers (mmtolerant/utils/chain_jobs.py,
+mmtolerant/utils/submitit_jobs.py): the local pool's GPU split, the SLURM
+job array's parameters, and a chain requeued by submitit's local executor.
+(Its grid and tables: tests/test_tools/test_analysis_tools.py.)"""
 import importlib.util
 import json
 import os
@@ -16,7 +16,7 @@ import time
 import pytest
 
 from conftest import CHAIN, REPO
-from mmtolerant.utils import chain_jobs
+from mmtolerant.utils import chain_jobs, submitit_jobs
 
 
 @pytest.fixture(scope='module')
@@ -167,15 +167,16 @@ class FakeJob:
 def test_submitit_local_jobs_get_disjoint_gpus_and_ports_from_their_slots(
         sweep, monkeypatch, tmp_path):
     executor = FakeExecutor()
-    monkeypatch.setattr(chain_jobs, 'make_executor', lambda options: executor)
-    monkeypatch.setitem(chain_jobs.POLL_S, 'submitit-local', 0.05)
+    monkeypatch.setattr(submitit_jobs, 'make_executor',
+                        lambda options: executor)
+    monkeypatch.setitem(submitit_jobs.POLL_S, 'submitit-local', 0.05)
     args = parse(sweep, monkeypatch, CHAIN, '--seeds', *range(5),
                  '--launcher', 'submitit-local', '--gpus', 2, '--parallel',
                  2, '--work-dir', tmp_path / 'sweep')
     _, settings, runs = sweep.plan(args)
     slots = chain_jobs.gpu_slots(2, 2, ['4', '5', '6', '7'], 29500)
-    assert chain_jobs.run_jobs(sweep.chain_runs(args, settings, runs),
-                               sweep.job_options(args), slots) == []
+    assert submitit_jobs.run_jobs(sweep.chain_runs(args, settings, runs),
+                                  sweep.job_options(args), slots) == []
     assert len(executor.jobs) == 5 and executor.clashes == []
     assert max(j.at_once for j in executor.jobs) == 2
     for job in executor.jobs:
@@ -206,8 +207,9 @@ def test_slurm_launcher_submits_one_array_with_the_options(
                  'mem_gb=32', 'reservation=tsd')
     grid, settings, runs = sweep.plan(args)
     options = sweep.job_options(args)
-    jobs = chain_jobs.submit_array(chain_jobs.make_executor(options), [
-        chain_jobs.chain_job(chain, options)
+    executor = submitit_jobs.make_executor(options)
+    jobs = submitit_jobs.submit_array(executor, [
+        submitit_jobs.chain_job(chain, options)
         for chain in sweep.chain_runs(args, settings, runs)])
     assert [job.job_id for job in jobs] == ['4242_0', '4242_1']
     flags = set(re.findall(r'^#SBATCH (\S+)$', script.read_text(), re.M))
@@ -221,7 +223,7 @@ def test_slurm_launcher_submits_one_array_with_the_options(
     # module, which the job imports.
     from submitit.core.utils import DelayedSubmission
     job = DelayedSubmission.load(jobs[1].paths.submitted_pickle).function
-    assert type(job) is chain_jobs.ChainJob
+    assert type(job) is submitit_jobs.ChainJob
     assert job.tools == osp.join(REPO, 'tools')
     assert job.name == 'tsd_resnet18-w8_1xb64_digits_seed1'
     assert job.config == CHAIN and job.gpus == 2 and job.port is None
@@ -238,7 +240,7 @@ def test_slurm_only_options_are_refused_by_the_pool(sweep, monkeypatch,
     assert '--partition: for --launcher slurm' in capsys.readouterr().err
     with pytest.raises(SystemExit, match="--slurm-args takes key=value; "
                        "got 'qos'"):
-        chain_jobs.parse_slurm_args(['qos'])
+        submitit_jobs.parse_slurm_args(['qos'])
 
 
 def wait_for(predicate, what, timeout_s=240):
@@ -275,13 +277,13 @@ def test_stop_run_reaches_the_training_under_bash_and_waits_for_it(
     (tmp_path / 'training.py').write_text(TRAINING)
     marker = tmp_path / 'marker'
     with open(tmp_path / 'out', 'w') as out:
-        proc = chain_jobs.start_command(
+        proc = submitit_jobs.start_command(
             ['bash', '-c', f'{sys.executable} {tmp_path}/training.py '
              f'{marker}; echo "bash saw $?"'], {}, out, whole_group=True)
     wait_for(lambda: marker.is_file() and marker.read_text() == 'ready',
              'training start', 60)
     start = time.monotonic()
-    chain_jobs.stop_run(proc.pid, True, 30)
+    submitit_jobs.stop_run(proc.pid, True, 30)
     assert time.monotonic() - start < 10
     assert marker.read_text() == 'stopped' and group_gone(proc.pid)
     # bash outlived the stop (it ignores it) and saw the training's code.
@@ -290,14 +292,14 @@ def test_stop_run_reaches_the_training_under_bash_and_waits_for_it(
 
 def test_stop_run_kills_a_run_that_does_not_stop_in_time(tmp_path):
     with open(tmp_path / 'out', 'w') as out:
-        proc = chain_jobs.start_command(
+        proc = submitit_jobs.start_command(
             [sys.executable, '-c', 'import signal, time; signal.signal('
              'signal.SIGUSR1, signal.SIG_IGN); print("ready", flush=True); '
              'time.sleep(120)'], {}, out, whole_group=False)
     wait_for(lambda: 'ready' in (tmp_path / 'out').read_text(),
              'start', 60)
     start = time.monotonic()
-    chain_jobs.stop_run(proc.pid, False, 1)
+    submitit_jobs.stop_run(proc.pid, False, 1)
     assert 1 <= time.monotonic() - start < 10 and group_gone(proc.pid)
 
 

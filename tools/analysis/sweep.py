@@ -74,9 +74,9 @@ import os.path as osp
 from mmtolerant.evaluation.chain_results import load_chain_report
 from mmtolerant.evaluation.mean_std import format_mean_std, mean_std
 from mmtolerant.utils.chain_jobs import (DEFAULT_PORT, LAUNCHERS, ChainRun,
-                                         JobOptions, local_slots, run_jobs,
-                                         run_pool)
+                                         local_slots, run_pool)
 from mmtolerant.utils.chain_layout import CHAIN_FILE
+from mmtolerant.utils.submitit_jobs import JobOptions, run_jobs
 
 # train.py and dist_train.sh, which every chain runs: the sweep runs from a
 # checkout (an installed package has no tools folder).
