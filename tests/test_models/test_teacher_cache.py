@@ -403,11 +403,11 @@ def test_topk_replay_keeps_the_top_k_probabilities_and_spreads_the_rest(
     """At temperature 1 the replayed top-k probabilities are the teacher's
     (computed here from the full logits) and the other classes share the
     remaining mass equally."""
-    from mmtolerant.models.classifiers.teacher_cache import \
-        TeacherOutputCache
+    from mmtolerant.models.classifiers.soft_label_codec import \
+        SoftLabelCodec
     logits = synthetic_teacher(64)
-    cache = TeacherOutputCache(dtype=dtype, topk=5)
-    replayed = cache.decode(cache.encode(logits), 'cpu').softmax(1)
+    codec = SoftLabelCodec(dtype=dtype, topk=5)
+    replayed = codec.decode(codec.encode(logits), 'cpu').softmax(1)
     p = logits.double().softmax(1)
     top, classes = p.topk(5, dim=1)
     rel = {'float32': 1e-5, 'float16': 1e-2}[dtype]
@@ -454,7 +454,7 @@ def kl_and_gradient(student, teacher, tau):
 @pytest.mark.parametrize('dtype', ['float32', 'float16'])
 def test_topk_replay_is_within_the_stated_tolerance_of_the_full_cache(
         digits_teacher, tmp_path, dtype):
-    """The class docstring's tolerance at temperature 1, k=5. The bound:
+    """soft_label_codec's stated tolerance at temperature 1, k=5. The bound:
     each sample's gradient of the loss with respect to its student logits
     moves by at most 2r in L1 norm (r: the teacher's mass outside its top
     5, computed here from the full logits), for the digits teacher of the
@@ -464,8 +464,8 @@ def test_topk_replay_is_within_the_stated_tolerance_of_the_full_cache(
     the teacher (random logits), the gradient within 10% for a student
     near it (the teacher's logits + N(0, 1)), whose loss is mostly the
     teacher's own entropy, which top-k changes."""
-    from mmtolerant.models.classifiers.teacher_cache import \
-        TeacherOutputCache
+    from mmtolerant.models.classifiers.soft_label_codec import \
+        SoftLabelCodec
     full = build(digits_teacher, tmp_path,
                  **{'model.teacher_cache': dict()}).eval()
     topk = build(digits_teacher, tmp_path, **{
@@ -476,8 +476,8 @@ def test_topk_replay_is_within_the_stated_tolerance_of_the_full_cache(
     with torch.no_grad():
         student = full.head(full.extract_feat(inputs))
     teacher = synthetic_teacher(2048)
-    cache = TeacherOutputCache(dtype=dtype, topk=5)
-    replayed = cache.decode(cache.encode(teacher), 'cpu')
+    codec = SoftLabelCodec(dtype=dtype, topk=5)
+    replayed = codec.decode(codec.encode(teacher), 'cpu')
     g = torch.Generator().manual_seed(1)
     far = torch.randn(teacher.shape, generator=g)
     near = teacher + torch.randn(teacher.shape, generator=g)

@@ -20,8 +20,9 @@ of receiving another image's targets: a random transform, Mixup/CutMix, or a
 dataset wrapper whose samples share a ``sample_idx`` (``ConcatDataset``).
 
 For ImageNet-sized caches, ``topk=k`` stores FKD's compressed soft labels
-(the k largest logits and their classes) and, under DDP, ``shared`` keeps
-one copy per node in shared memory instead of one per rank.
+(the k largest logits and their classes; how a row is stored and rebuilt:
+:mod:`~mmtolerant.models.classifiers.soft_label_codec`) and, under DDP,
+``shared`` keeps one copy per node in shared memory instead of one per rank.
 """
 import math
 from typing import Dict, List, Optional, Tuple
@@ -32,8 +33,8 @@ from mmengine.logging import print_log
 
 from mmtolerant.utils.node_shared_memory import (NodeSharedMemoryError,
                                                  node_shared_tensors)
+from .soft_label_codec import SoftLabelCodec
 
-DTYPES = {'float32': torch.float32, 'float16': torch.float16}
 _DETERMINISTIC = (
     'The cache needs a deterministic training input: no random transforms '
     'in the train pipeline unless teacher_cache.views is set, no batch '
@@ -44,38 +45,12 @@ _DETERMINISTIC = (
 class TeacherOutputCache:
     r"""Teacher logits by ``sample_idx`` (and view), on the CPU.
 
-    **What an entry holds.** The full cache (``topk=None``) stores the
-    teacher's logits, ``classes x (4 | 2)`` bytes (float32 | float16).
-    ``topk=k`` stores FKD's compressed soft label: the k largest logits
-    :math:`t_i, i \in K` (``k x (4 | 2)`` bytes), their classes K (``k x
-    2`` bytes, int16, or ``k x 4`` beyond 32767 classes) and
-    :math:`\rho = \log \sum_{j \notin K} e^{t_j}` (4 bytes, float32). A
-    replay gives each of the :math:`C-k` other classes the logit
-    :math:`\rho - \log(C-k)`: the teacher's remaining probability mass
-    :math:`r = 1 - \sum_{i \in K} p_i` spread uniformly over them, as FKD
-    does, so that at temperature 1 the top-k probabilities are the
-    teacher's (up to the cache dtype's rounding of :math:`t_i`). Storing
-    :math:`\rho` rather than the log-sum-exp of all logits keeps r exact
-    when float16 rounds the top logits (:math:`1 - \sum p_i` cancels).
-    Every entry also holds 8 bytes of fingerprint and a 1-byte flag.
-
-    **Top-k against the full cache**, for ``DistillKLLoss`` at temperature
-    1, whose gradient with respect to a sample's student logits is
-    :math:`q - p`: the targets differ from the teacher's only outside the
-    top k, so each sample's gradient moves by at most :math:`2r` in L1
-    norm (a bound, tested). The loss value (measured in
-    ``benchmarks/README.md``, k = 5; tested on the synthetic teacher)
-    moves by 0.1% for a trained digits teacher (r = 0.006) and by
-    1.5% for a synthetic 1000-class teacher (r = 0.095) against a random
-    student, but by +60-90% (k = 20..5; 0.1 nats, mostly the teacher's
-    own entropy, which has no gradient) against a student that already
-    matches the teacher's tail, whose gradient moves by 5-9% (relative
-    L2). At higher temperatures the classes outside the top k carry much
-    of the mass: at tau 4 with 1000 classes the gradient moved by 36-118%,
-    so ``topk`` is for temperature 1, as in FKD. Measured too: renormalising
-    the top k instead (the other classes at probability 0) was worse in
-    every case; spreading :math:`1 - \sum p_i` was never better and, in
-    float16 at tau 4, far worse.
+    **What an entry holds**: the rows of a :class:`SoftLabelCodec` (the
+    full logits, ``classes x (4 | 2)`` bytes, or with ``topk=k`` FKD's top-k
+    soft label, ``k x (4 | 2) + k x (2 | 4) + 4`` bytes; formulas, and the
+    tolerance of top k against the full cache, in
+    :mod:`~mmtolerant.models.classifiers.soft_label_codec`), plus 8 bytes of
+    fingerprint and a 1-byte flag.
 
     **Memory** is ``entries x bytes per entry``: ``entries`` is the training
     set's size x views when it is reserved (as ``TeacherCacheLoggerHook``
@@ -121,23 +96,16 @@ class TeacherOutputCache:
                  views: Optional[int] = None,
                  topk: Optional[int] = None,
                  shared='auto'):
-        if dtype not in DTYPES:
-            raise ValueError(f'teacher_cache.dtype must be one of '
-                             f'{sorted(DTYPES)}, got {dtype!r}')
+        # Checks dtype and topk (the number of classes with the first batch).
+        self.codec = SoftLabelCodec(dtype, topk)
         if views is not None and not _is_int(views, 1):
             raise ValueError('teacher_cache.views must be None or an int '
                              f'>= 1, got {views!r}')
-        if topk is not None and not _is_int(topk, 2):
-            raise ValueError('teacher_cache.topk must be None or an int '
-                             f'>= 2, got {topk!r}')
         if not (shared is True or shared is False or shared == 'auto'):
             raise ValueError("teacher_cache.shared must be True, False or "
                              f"'auto', got {shared!r}")
         self.views = views
-        self.dtype = DTYPES[dtype]
-        self.topk = topk
         self.shared = shared
-        self.num_classes: Optional[int] = None
         # name -> (capacity, *row shape) tensor; None until the first store
         self._arrays: Optional[Dict[str, torch.Tensor]] = None
         self.shared_by = 1  # processes that map this copy (1: private)
@@ -145,6 +113,19 @@ class TeacherOutputCache:
         self.hits = 0  # batches replayed
         self.misses = 0  # batches the teacher ran on
         self._reserved = 0
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.codec.dtype
+
+    @property
+    def topk(self) -> Optional[int]:
+        return self.codec.topk
+
+    @property
+    def num_classes(self) -> Optional[int]:
+        """Known from the first batch the teacher computed."""
+        return self.codec.num_classes
 
     # --- size --------------------------------------------------------------
 
@@ -181,14 +162,7 @@ class TeacherOutputCache:
 
     def _layout(self, num_classes: int) -> Dict[str, tuple]:
         """name -> (row shape, dtype) of the arrays."""
-        if self.topk is None:
-            layout = {'logits': ((num_classes, ), self.dtype)}
-        else:
-            index_dtype = torch.int16 if num_classes <= 32767 \
-                else torch.int32
-            layout = {'values': ((self.topk, ), self.dtype),
-                      'indices': ((self.topk, ), index_dtype),
-                      'rest': ((), torch.float32)}
+        layout = self.codec.layout(num_classes)
         layout['prints'] = ((2, ), torch.float32)
         layout['filled'] = ((), torch.bool)
         return layout
@@ -296,48 +270,16 @@ class TeacherOutputCache:
                 'must equal the cache\'s')
         return index * self.views + torch.as_tensor(views, dtype=torch.long)
 
-    # --- encoding: what an entry stores, and the logits a replay gives ------
+    # --- encoding (see soft_label_codec) ------------------------------------
 
     def encode(self, logits: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """The rows an entry stores for a batch of teacher logits (on the
-        logits' device)."""
-        logits = logits.detach()
-        self._check_classes(logits.shape[1])
-        if self.topk is None:
-            return {'logits': logits.to(self.dtype)}
-        full = logits.float()
-        values, indices = full.topk(self.topk, dim=1)
-        others = full.scatter(1, indices, float('-inf'))  # k < classes
-        return {'values': values.to(self.dtype),
-                'indices': indices.to(self._layout(self.num_classes)
-                                      ['indices'][1]),
-                'rest': others.logsumexp(1)}
+        """The rows an entry stores for a batch of teacher logits."""
+        return self.codec.encode(logits)
 
     def decode(self, rows: Dict[str, torch.Tensor],
                device: torch.device) -> torch.Tensor:
-        """Float32 logits on ``device`` from stored rows (the classes
-        outside the top k at :math:`\\rho - \\log(C-k)`, see the class
-        docstring)."""
-        if self.topk is None:
-            return rows['logits'].to(device=device, dtype=torch.float32)
-        values = rows['values'].to(device=device, dtype=torch.float32)
-        fill = rows['rest'].to(device) - math.log(self.num_classes -
-                                                  self.topk)
-        out = fill[:, None].expand(len(values), self.num_classes).clone()
-        return out.scatter_(1, rows['indices'].to(device).long(), values)
-
-    def _check_classes(self, num_classes: int) -> None:
-        if self.num_classes is None:
-            if self.topk is not None and self.topk >= num_classes:
-                raise ValueError(
-                    f'teacher_cache.topk={self.topk} must be smaller than '
-                    f'the number of classes ({num_classes}); remove topk to '
-                    'cache all logits')
-            self.num_classes = num_classes
-        elif num_classes != self.num_classes:
-            raise ValueError(
-                f'teacher_cache: the teacher gave {num_classes} classes, '
-                f'the cache holds {self.num_classes}')
+        """Float32 logits on ``device`` from stored rows."""
+        return self.codec.decode(rows, device)
 
     # --- replay ------------------------------------------------------------
 
@@ -384,8 +326,7 @@ class TeacherOutputCache:
 
     def _rows(self, index: torch.Tensor) -> Dict[str, torch.Tensor]:
         return {name: self._arrays[name][index]
-                for name in self._layout(self.num_classes)
-                if name not in ('prints', 'filled')}
+                for name in self.codec.layout(self.num_classes)}
 
     def store(self, index: torch.Tensor, inputs: torch.Tensor,
               logits: torch.Tensor) -> None:
@@ -451,7 +392,7 @@ class TeacherOutputCache:
             logits, sent = cached, index[:0]
             rows, prints = self._rows(sent), self._arrays['prints'][sent]
         # The same order on every rank: the parts are gathered by position.
-        names = [n for n in self._layout(self.num_classes) if n in rows]
+        names = list(self.codec.layout(self.num_classes))
         # Doubles carry every stored type exactly (int16 does not exist
         # in NCCL), and all parts of one all-gather share a dtype.
         exchanged = self._gather(
