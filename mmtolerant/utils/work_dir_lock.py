@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import sys
+import time
 from typing import Optional
 
 
@@ -46,7 +47,7 @@ class WorkDirLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _read_holder(fd)
+            holder = _wait_for_holder(fd)
             os.close(fd)
             raise WorkDirInUse(
                 f'{os.path.dirname(self.path)} is in use by another run '
@@ -79,12 +80,23 @@ class WorkDirLock:
         self.release()
 
 
-def _read_holder(fd: int) -> str:
+def _wait_for_holder(fd: int, timeout: float = 2.0) -> str:
+    """The holder's name; a holder that has just taken the lock writes it
+    a moment later, so wait up to ``timeout`` seconds for it."""
+    deadline = time.monotonic() + timeout
+    holder = _read_holder(fd)
+    while holder is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+        holder = _read_holder(fd)
+    return holder or 'its holder has not written its name yet'
+
+
+def _read_holder(fd: int) -> Optional[str]:
     try:
         holder = json.loads(os.pread(fd, 4096, 0).decode() or '{}')
     except (OSError, ValueError):
         holder = {}
     if not holder:
-        return 'its holder has not written its name yet'
+        return None
     return (f"host {holder.get('host')}, pid {holder.get('pid')}, started "
             f"{holder.get('started')}: {holder.get('command')}")

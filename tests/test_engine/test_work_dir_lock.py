@@ -5,7 +5,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import textwrap
 import time
 
@@ -26,6 +25,26 @@ def test_a_second_lock_is_refused_naming_the_holder(tmp_path):
     # released: free again
     with WorkDirLock(str(tmp_path / 'chain.lock')) as lock:
         assert lock.held
+
+
+def test_a_refusal_waits_for_a_new_holder_to_write_its_name(tmp_path):
+    """The holder writes its name just after taking the lock: a second run
+    that comes in between waits for the name instead of reporting none."""
+    import fcntl
+    import threading
+    path = str(tmp_path / 'chain.lock')
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # taken, no name yet
+    name = json.dumps(dict(host='node7', pid=4242, started='now',
+                           command='train'))
+    writer = threading.Timer(0.3, os.write, (fd, name.encode()))
+    writer.start()
+    try:
+        with pytest.raises(WorkDirInUse, match='host node7, pid 4242,'):
+            WorkDirLock(path).acquire()
+    finally:
+        writer.join()
+        os.close(fd)
 
 
 def test_a_chain_in_a_locked_work_dir_is_refused_before_it_looks(tmp_path):
