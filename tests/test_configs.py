@@ -22,7 +22,8 @@ INPUT_SHAPES = {'digits': (1, 8, 8), 'fashion-mnist': (1, 28, 28),
                 'fashion-mnist-5k': (1, 28, 28),
                 'cifar100': (3, 32, 32), 'in1k': (3, 224, 224)}
 # What a config trains, the first field of its name.
-CHAIN_KINDS = ('tsd', 'tsd-all', 'ban', 'ban-lsr', 'ban-cp')
+CHAIN_KINDS = ('tsd', 'tsd-all', 'ban', 'ban-lsr', 'ban-cp', 'tsd-ensemble',
+               'ban-ensemble')
 
 
 def _dataset_of(path):
@@ -101,7 +102,8 @@ def test_chain_config_builds_a_generation_runner_with_its_baseline(
     losses = [c.model.head.loss.type for c in runner.generation_cfgs]
     expected_m0 = {
         'ban': 'CrossEntropyLoss', 'tsd': 'TSDLoss', 'tsd-all': 'TSDLoss',
-        'ban-lsr': 'LabelSmoothLoss', 'ban-cp': 'ConfidencePenaltyLoss'
+        'ban-lsr': 'LabelSmoothLoss', 'ban-cp': 'ConfidencePenaltyLoss',
+        'tsd-ensemble': 'TSDLoss', 'ban-ensemble': 'CrossEntropyLoss'
     }[_kind_of(path)]
     assert losses[0] == expected_m0
     if cfg.generations.get('tolerant') == 'all':
@@ -131,6 +133,30 @@ def test_chain_config_builds_a_generation_runner_with_its_baseline(
     assert torch.isfinite(losses['loss_kd'])
 
 
+@pytest.mark.parametrize(
+    'path', [p for p in CONFIGS if _kind_of(p).startswith('snapshot')],
+    ids=osp.basename)
+def test_snapshot_configs_restart_the_schedule_once_per_cycle(path):
+    """One cosine cycle per generation: the schedule's periods are the
+    hook's cycles; cycle 0's loss is TSD exactly for snapshot-tsd."""
+    cfg = Config.fromfile(path)
+    [hook] = [h for h in cfg.custom_hooks
+              if h.type == 'SnapshotGenerationsHook']
+    epochs = cfg.train_cfg.max_epochs
+    cycle = epochs // hook.num_cycles
+    assert cycle * hook.num_cycles == epochs
+    assert cfg.param_scheduler.type == 'CosineRestartLR'
+    assert cfg.param_scheduler.periods == [cycle] * hook.num_cycles
+    assert cfg.model.type == 'DistillImageClassifier'
+    assert cfg.model.teacher is None
+    assert cfg.train_cfg.type == 'ResumableEpochBasedTrainLoop'
+    assert {'EpochSeedHook', 'PreemptionHook'} <= {
+        h.type for h in cfg.custom_hooks}
+    tolerant = _kind_of(path) == 'snapshot-tsd'
+    assert (hook.get('first_cycle_loss') or {}).get('type') == (
+        'TSDLoss' if tolerant else None)
+
+
 @pytest.mark.parametrize('path', CONFIGS, ids=osp.basename)
 def test_config_inherits_mmpretrain_and_builds_a_working_model(
         path, tmp_path):
@@ -139,7 +165,7 @@ def test_config_inherits_mmpretrain_and_builds_a_working_model(
     assert cfg.default_scope == 'mmpretrain'
     assert 'mmtolerant' in cfg.custom_imports.imports
     model_cfg = cfg.model
-    if model_cfg.type == 'DistillImageClassifier':
+    if model_cfg.type == 'DistillImageClassifier' and model_cfg.teacher:
         model_cfg.teacher.checkpoint = _random_teacher(cfg, tmp_path)
     model_cfg.setdefault('data_preprocessor', cfg.data_preprocessor)
     model = MODELS.build(model_cfg)

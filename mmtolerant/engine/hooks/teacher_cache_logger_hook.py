@@ -62,6 +62,8 @@ class TeacherCacheLoggerHook(Hook):
         if cache is None:
             return
         computed, hits, misses = cache.computed, cache.hits, cache.misses
+        if computed < self._seen[0]:  # cleared for a new teacher
+            self._seen = (0, ) + self._seen[1:]
         new = (computed - self._seen[0], hits - self._seen[1],
                misses - self._seen[2])
         self._seen = (computed, hits, misses)

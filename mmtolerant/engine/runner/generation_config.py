@@ -14,6 +14,7 @@ from typing import List, Optional
 from mmengine.config import Config, ConfigDict
 
 from mmtolerant.models.classifiers import plain_classifier_cfg
+from mmtolerant.models.losses.utils import loss_name
 from mmtolerant.utils.chain_layout import EXPORT_CFG, EXPORT_CKPT, ChainLayout
 from mmtolerant.utils.config import merge_cfg_options
 from mmtolerant.utils.distributed import cpu_ddp_cfg
@@ -32,12 +33,6 @@ RESUMABLE_LOOP = 'ResumableEpochBasedTrainLoop'
 # The settings of the chain passed on to every student's model.
 _TEACHER_OPTIONS = ('teacher_cache', 'teacher_autocast', 'teacher_compile',
                     'teacher_channels_last')
-
-
-def loss_name(loss_cfg: dict) -> str:
-    args = ', '.join(f'{k}={v}' for k, v in loss_cfg.items()
-                     if k not in ('type', 'loss_weight', 'num_classes'))
-    return f"{loss_cfg['type']}({args})" if args else loss_cfg['type']
 
 
 def num_classes(model_cfg: dict) -> Optional[int]:

@@ -53,7 +53,11 @@ class DistillImageClassifier(ImageClassifier):
             ``cfg_options`` applied to the teacher's model config. Same
             classes as the student, any architecture. See
             :class:`FrozenTeacher`. Or ``members=[teacher dicts]``: an
-            :class:`EnsembleTeacher` (the members' average prediction).
+            :class:`EnsembleTeacher` (the members' average prediction). Or
+            None: no teacher yet, until :meth:`set_teacher` gives one (as
+            ``SnapshotGenerationsHook`` does at the end of each cycle);
+            meanwhile the loss is the head's alone, at full weight, as a
+            chain's patriarch trains.
         lam (float): :math:`\lambda` in [0, 1], the weight of the head's
             loss; the distillation loss gets :math:`1-\lambda`.
             Defaults to 0.5.
@@ -87,7 +91,7 @@ class DistillImageClassifier(ImageClassifier):
 
     def __init__(self,
                  backbone: dict,
-                 teacher: dict,
+                 teacher: Optional[dict] = None,
                  lam: float = 0.5,
                  distill_loss: dict = dict(type='DistillKLLoss', tau=1.0),
                  eval_teacher: bool = True,
@@ -124,23 +128,41 @@ class DistillImageClassifier(ImageClassifier):
         self.distill_loss = self._build_distill_loss(distill_loss)
         self._check_cache_temperature()
 
-        frozen = build_teacher(
-            teacher,
-            teacher_autocast=teacher_autocast,
-            teacher_compile=teacher_compile,
-            teacher_channels_last=teacher_channels_last)
-        frozen.check_student(self)
+        object.__setattr__(self, 'frozen_teacher', None)
+        if teacher is not None:
+            self.set_teacher(build_teacher(
+                teacher,
+                teacher_autocast=teacher_autocast,
+                teacher_compile=teacher_compile,
+                teacher_channels_last=teacher_channels_last))
+
+    def set_teacher(self, frozen: Optional[nn.Module]) -> None:
+        """Teach from now on with ``frozen`` (a :class:`FrozenTeacher` or
+        :class:`EnsembleTeacher`, moved to this model's device), or with
+        None from the head's loss alone. A teacher cache is emptied: it
+        held the previous teacher's outputs."""
+        if frozen is not None:
+            frozen.check_student(self)
+            param = next(self.parameters(), None)
+            if param is not None:
+                frozen.to(param.device)
+        if self.teacher_cache is not None:
+            self.teacher_cache.clear()
         # Not a submodule on purpose: see the class docstring.
         object.__setattr__(self, 'frozen_teacher', frozen)
-        print_log(
-            '[mmtolerant] frozen teacher '
-            f'{type(self.teacher.backbone).__name__} loaded from '
-            f'{frozen.checkpoint} (lam={self.lam:g})',
-            logger='current')
+        if frozen is not None:
+            print_log(
+                '[mmtolerant] frozen teacher '
+                f'{type(frozen.model.backbone).__name__} loaded from '
+                f'{frozen.checkpoint} (lam={self.lam:g})',
+                logger='current')
 
     @property
-    def teacher(self) -> nn.Module:
-        """The teacher's classifier (frozen, outside the module tree)."""
+    def teacher(self) -> Optional[nn.Module]:
+        """The teacher's classifier (frozen, outside the module tree), or
+        None without a teacher."""
+        if self.frozen_teacher is None:
+            return None
         return self.frozen_teacher.model
 
     def _build_distill_loss(self, cfg) -> nn.Module:
@@ -187,7 +209,8 @@ class DistillImageClassifier(ImageClassifier):
 
     def _apply(self, fn, *args, **kwargs):
         super()._apply(fn, *args, **kwargs)
-        if 'frozen_teacher' in self.__dict__:  # built after the student
+        # Built after the student (and None while there is no teacher).
+        if self.__dict__.get('frozen_teacher') is not None:
             self.frozen_teacher._apply(fn, *args, **kwargs)
         return self
 
@@ -215,6 +238,9 @@ class DistillImageClassifier(ImageClassifier):
         else:  # a head outside mmpretrain's ClsHead family
             head_losses = self.head.loss(feats, data_samples)
             cls_score = self.head(feats)
+        if self.frozen_teacher is None:  # no teacher yet: the head alone
+            return {('loss_cls' if name == 'loss' else name): value
+                    for name, value in head_losses.items()}
         t_logits = self._teacher_targets(inputs, data_samples)
         if t_logits.shape != cls_score.shape:
             raise ValueError(
@@ -234,7 +260,7 @@ class DistillImageClassifier(ImageClassifier):
                 data_samples: Optional[List[DataSample]] = None,
                 **kwargs) -> List[DataSample]:
         predictions = super().predict(inputs, data_samples, **kwargs)
-        if self.eval_teacher:
+        if self.eval_teacher and self.frozen_teacher is not None:
             scores = F.softmax(self.teacher_logits(inputs).float(), dim=1)
             for sample, score in zip(predictions, scores):
                 sample.set_field(score, 'teacher_pred_score')

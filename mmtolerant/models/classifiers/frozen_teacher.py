@@ -151,21 +151,30 @@ def load_teacher_weights(model: nn.Module, checkpoint) -> None:
             f'teacher checkpoint {checkpoint!r} does not exist or is not a '
             'file (a local file or an http(s) URL was expected)')
     checkpoint = os.fspath(checkpoint)
-    state_dict = extract_state_dict(
-        _load_checkpoint(checkpoint, map_location='cpu', logger='current'),
-        checkpoint)
+    load_teacher_state(
+        model,
+        extract_state_dict(
+            _load_checkpoint(checkpoint, map_location='cpu',
+                             logger='current'), checkpoint),
+        f'teacher checkpoint {checkpoint!r}')
+
+
+def load_teacher_state(model: nn.Module, state_dict: dict,
+                       source: str) -> None:
+    """Load ``state_dict`` into ``model``: every weight of it and nothing
+    else, or an error that names ``source`` and the keys that differ."""
     try:
         incompatible = model.load_state_dict(state_dict, strict=False)
     except RuntimeError as e:  # shape mismatches
         details = '; '.join(str(e).splitlines()[1:4])
         raise CheckpointLoadError(
-            f'teacher checkpoint {checkpoint!r} does not match the teacher '
-            f'config: {details}') from None
+            f'{source} does not match the teacher config: {details}'
+        ) from None
     if incompatible.missing_keys or incompatible.unexpected_keys:
         raise CheckpointLoadError(
-            f'teacher checkpoint {checkpoint!r} does not match the teacher '
-            f'config: missing keys {incompatible.missing_keys[:5]}, '
-            f'unexpected keys {incompatible.unexpected_keys[:5]}')
+            f'{source} does not match the teacher config: missing keys '
+            f'{incompatible.missing_keys[:5]}, unexpected keys '
+            f'{incompatible.unexpected_keys[:5]}')
 
 
 def num_classes_of(model: nn.Module) -> Optional[int]:
@@ -246,6 +255,10 @@ class FrozenTeacher(nn.Module):
             ``'resnet18_8xb16_cifar10'``): its config, and unless
             ``checkpoint`` is given, its published weights (a URL, loaded
             as above, not by ``get_model``). Defaults to None.
+        state_dict (dict, optional): The weights themselves, already in
+            memory, instead of reading ``checkpoint`` (which then only names
+            them in messages): how a snapshot of a running student becomes
+            a teacher (``SnapshotGenerationsHook``). Defaults to None.
     """
 
     def __init__(self,
@@ -255,7 +268,8 @@ class FrozenTeacher(nn.Module):
                  teacher_autocast: Optional[str] = None,
                  teacher_compile: Union[bool, dict] = False,
                  teacher_channels_last: Optional[bool] = None,
-                 model_name: Optional[str] = None):
+                 model_name: Optional[str] = None,
+                 state_dict: Optional[dict] = None):
         super().__init__()
         check_teacher_options('FrozenTeacher', teacher_autocast,
                               teacher_compile, teacher_channels_last)
@@ -266,7 +280,13 @@ class FrozenTeacher(nn.Module):
         if model_name is not None:
             config, checkpoint = zoo_teacher(model_name, checkpoint)
         self.model = MODELS.build(teacher_model_cfg(config, cfg_options))
-        load_teacher_weights(self.model, checkpoint)
+        if state_dict is not None:
+            # Weights already in memory (a snapshot of a running student);
+            # ``checkpoint`` only names them.
+            load_teacher_state(self.model, state_dict,
+                               f'teacher weights {checkpoint!r}')
+        else:
+            load_teacher_weights(self.model, checkpoint)
         self.requires_grad_(False)
         self.train(False)
         self.checkpoint = checkpoint

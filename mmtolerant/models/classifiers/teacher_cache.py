@@ -167,6 +167,14 @@ class TeacherOutputCache:
         layout['filled'] = ((), torch.bool)
         return layout
 
+    def clear(self) -> None:
+        """Forget every entry (for a new teacher), keeping the memory.
+        Under DDP every rank clears the copy it maps, before any rank
+        stores again (a cleared entry is computed again, so a late clear
+        costs teacher passes, never a wrong target)."""
+        if self._arrays is not None:
+            self._arrays['filled'].zero_()
+
     def reserve(self, entries: int) -> None:
         """Make the first allocation hold ``entries`` (the training set's
         size x views, as ``TeacherCacheLoggerHook`` reserves it), so the

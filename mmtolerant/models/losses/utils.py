@@ -18,6 +18,13 @@ REDUCTIONS = ('none', 'mean', 'sum')
 NO_IGNORED_LABEL = torch.iinfo(torch.long).min
 
 
+def loss_name(loss_cfg: dict) -> str:
+    """A loss config as a report names it: ``TSDLoss(eta=0.6, k=3)``."""
+    args = ', '.join(f'{k}={v}' for k, v in loss_cfg.items()
+                     if k not in ('type', 'loss_weight', 'num_classes'))
+    return f"{loss_cfg['type']}({args})" if args else loss_cfg['type']
+
+
 def check_in_range(loss_name: str, arg: str, value, low: float,
                    high: float) -> float:
     """``value`` must be a finite real number in [low, high]; returns it as

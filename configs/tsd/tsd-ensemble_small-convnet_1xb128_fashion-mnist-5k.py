@@ -1,0 +1,7 @@
+# Tolerant chain in the memorising regime whose students learn from the
+# ensemble of all generations before them (the average of M0..Mm-1's softmax
+# outputs) instead of Mm-1 alone; otherwise tsd_small-convnet_1xb128_fashion-mnist-5k.py.
+#   python tools/train.py configs/tsd/tsd-ensemble_small-convnet_1xb128_fashion-mnist-5k.py
+_base_ = ['./tsd_small-convnet_1xb128_fashion-mnist-5k.py']
+
+generations = dict(teacher='ensemble')

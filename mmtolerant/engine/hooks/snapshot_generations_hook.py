@@ -1,0 +1,385 @@
+"""Generations inside one training run: snapshot generations.
+
+After the first author's Snapshot Distillation (Yang, Xie, Su, Yuille, CVPR
+2019): one run of ``C x E`` epochs under a cyclic learning rate (cosine
+restarts, one cycle per ``E`` epochs) instead of a chain of ``C`` runs of
+``E`` epochs from scratch. Cycle 0 trains on the head's loss alone (or on
+``first_cycle_loss``, e.g. TSD, as a tolerant chain's patriarch); at the
+end of cycle c the student's weights are frozen as the teacher of cycle
+c+1, which goes on from those same weights. The run's work_dir then reads
+like a chain's (``ChainLayout``): ``gen_<c>/`` holds cycle c's export,
+test predictions and record, and ``generations.json/.md/.png`` the report,
+so the analysis tools and sweeps read a snapshot run as a chain.
+"""
+import copy
+import json
+import os.path as osp
+import time
+from typing import Dict, List, Optional
+
+import torch
+from mmengine.dist import barrier, is_main_process
+from mmengine.hooks import Hook
+from mmengine.logging import print_log
+from mmengine.runner import EpochBasedTrainLoop
+from mmpretrain.registry import HOOKS, MODELS
+
+from mmtolerant.evaluation.generation_report import (ensemble_scores,
+                                                     load_predictions,
+                                                     prediction_stats,
+                                                     save_predictions,
+                                                     topk_accuracy,
+                                                     write_report)
+from mmtolerant.models.classifiers.frozen_teacher import FrozenTeacher
+from mmtolerant.models.classifiers.plain_classifier import (
+    export_plain_model, plain_model_cfg)
+from mmtolerant.models.losses.utils import loss_name
+from mmtolerant.utils.chain_layout import (CHAIN_FILE, GENERATION_FILE,
+                                           LOCK_FILE, PREDICTIONS,
+                                           ChainLayout)
+from mmtolerant.utils.config import plain_data
+from mmtolerant.utils.distributed import use_rank0_buffers
+from mmtolerant.utils.fileio import atomic_write_text
+from mmtolerant.utils.model import bare_model
+from mmtolerant.utils.work_dir_lock import WorkDirLock
+from .generation_finish_hook import predict, test_loader_cfg
+
+# The checkpoint's entry: the cycle's teacher weights (plain tensors, so a
+# resume reads them weights-only) and the time spent in each cycle so far.
+CHECKPOINT_KEY = 'snapshot_generations'
+# The work_dir locks this process holds, by lock file (one run at a time).
+_HELD: Dict[str, WorkDirLock] = {}
+
+
+def _head_loss_cfg(runner) -> dict:
+    loss = (runner.cfg.model.get('head') or {}).get('loss')
+    return loss if isinstance(loss, dict) and 'type' in loss else dict(
+        type="the head's loss")
+
+
+@HOOKS.register_module()
+class SnapshotGenerationsHook(Hook):
+    """Snapshot generations on an ordinary ``DistillImageClassifier`` run.
+
+    The model is a ``DistillImageClassifier`` without a teacher
+    (``teacher=None``): its ``lam`` and ``distill_loss`` are those of every
+    cycle after the first. The schedule is the config's: give it one cycle
+    per ``max_epochs / num_cycles`` epochs (mmengine's ``CosineRestartLR``,
+    see ``configs/tsd/snapshot-*``).
+
+    At the start of each cycle c >= 1 the current weights (those at the end
+    of cycle c-1; under DDP with rank 0's BatchNorm statistics on every
+    rank) are frozen into the teacher (a :class:`FrozenTeacher`, in eval
+    mode, outside the model's state dict, optimizer and DDP buckets). The
+    teacher's weights go into every checkpoint (``snapshot_generations``),
+    so a run resumed mid-cycle teaches with exactly the teacher it had: the
+    resumed run ends equal to an uninterrupted one.
+
+    At the end of each cycle, like a chain's generation, rank 0 writes
+    ``gen_<c>/exported_model.pth/.py`` (stock mmpretrain), the test
+    predictions and ``generation.json`` (top-1, the ensemble of cycles
+    1..c, the teacher's top-1, confidence, the cycle's wall time), then the
+    report ``generations.json/.md/.png`` of the cycles so far. The work_dir
+    is locked for the run (``chain.lock``) and ``chain.json`` records the
+    cycles: a second run, or a resume under other cycles, is refused.
+
+    Args:
+        num_cycles (int): C >= 2, dividing ``train_cfg.max_epochs``.
+        first_cycle_loss (dict, optional): The head's loss during cycle 0
+            (e.g. ``dict(type='TSDLoss', eta=0.6, k=3)``: a tolerant first
+            teacher); the head's own loss is used from cycle 1 on. Defaults
+            to None (the head's loss throughout).
+        report_k (int): K of the report's top-K secondary mass. Defaults
+            to 3.
+    """
+    # Before the checkpoint hook saves an epoch's checkpoint (and after the
+    # sampler's seed), so a cycle's end is reported before it is saved.
+    priority = 'NORMAL'
+
+    def __init__(self, num_cycles: int,
+                 first_cycle_loss: Optional[dict] = None,
+                 report_k: int = 3):
+        if isinstance(num_cycles, bool) or not isinstance(num_cycles, int) \
+                or num_cycles < 2:
+            raise ValueError('SnapshotGenerationsHook: num_cycles must be '
+                             f'an int >= 2, got {num_cycles!r}')
+        if first_cycle_loss is not None and not isinstance(
+                first_cycle_loss, dict):
+            raise ValueError('SnapshotGenerationsHook: first_cycle_loss '
+                             'must be a loss config dict or None, got '
+                             f'{first_cycle_loss!r}')
+        if isinstance(report_k, bool) or not isinstance(report_k, int) \
+                or report_k < 2:
+            raise ValueError('SnapshotGenerationsHook: report_k must be an '
+                             f'int >= 2, got {report_k!r}')
+        self.num_cycles = num_cycles
+        self.first_cycle_loss = first_cycle_loss
+        self.report_k = report_k
+        self.cycle_epochs = None
+        self.layout: Optional[ChainLayout] = None
+        self._lock: Optional[WorkDirLock] = None
+        self._head_loss = None  # the head's own loss (cycles >= 1)
+        self._first_loss = None
+        self._teacher_cycle = 0  # the cycle the model's teacher is for
+        self._teacher_state = None  # its weights (CPU), for checkpoints
+        self._cycle_time = {}  # cycle -> seconds trained (resumes add up)
+        self._epoch_started = None
+
+    # --- checks and the work_dir -------------------------------------------
+
+    def before_run(self, runner) -> None:
+        model = bare_model(runner.model)
+        if type(model).__name__ != 'DistillImageClassifier' or \
+                not hasattr(model, 'set_teacher'):
+            raise TypeError(
+                'SnapshotGenerationsHook needs model.type='
+                f"'DistillImageClassifier', got {type(model).__name__}")
+        if model.frozen_teacher is not None:
+            raise ValueError(
+                'SnapshotGenerationsHook: the model already has a teacher '
+                f'({model.frozen_teacher.checkpoint}); set model.teacher='
+                'None: each cycle is taught by the one before it')
+        loop = runner.train_loop
+        max_epochs = getattr(loop, 'max_epochs', None)
+        if not isinstance(loop, EpochBasedTrainLoop) or max_epochs is None:
+            raise ValueError('SnapshotGenerationsHook needs an epoch-based '
+                             "train loop (train_cfg.by_epoch=True)")
+        if max_epochs % self.num_cycles:
+            raise ValueError(
+                f'SnapshotGenerationsHook: num_cycles={self.num_cycles} '
+                f'does not divide train_cfg.max_epochs={max_epochs}: each '
+                'cycle must have the same number of epochs')
+        self.cycle_epochs = max_epochs // self.num_cycles
+        if self.first_cycle_loss is not None:
+            if not hasattr(model.head, 'loss_module'):
+                raise ValueError(
+                    'SnapshotGenerationsHook: first_cycle_loss needs a head '
+                    'of mmpretrain\'s ClsHead family (with a loss_module); '
+                    f'{type(model.head).__name__} has none')
+            self._first_loss = MODELS.build(copy.deepcopy(
+                self.first_cycle_loss))
+        if hasattr(model.head, 'loss_module'):
+            self._head_loss = model.head.loss_module
+        self.layout = ChainLayout(runner.work_dir)
+        if is_main_process():
+            path = self.layout.path(LOCK_FILE)
+            # A run of this process that ended in an exception (mmengine
+            # calls no hook then) left its lock held: that run is over.
+            stale = _HELD.pop(path, None)
+            if stale is not None:
+                stale.release()
+            self._lock = _HELD[path] = WorkDirLock(path)
+            self._lock.acquire()
+            try:
+                self._check_work_dir(runner)
+            except BaseException:
+                self._lock.release()
+                raise
+
+    def _record(self, runner) -> dict:
+        """``chain.json`` of a snapshot run: what its cycles are."""
+        model = bare_model(runner.model)
+        return dict(
+            kind='snapshot',
+            num_generations=self.num_cycles - 1,
+            num_cycles=self.num_cycles,
+            cycle_epochs=self.cycle_epochs,
+            first_cycle_loss=self.first_cycle_loss,
+            head_loss=loss_name(_head_loss_cfg(runner)),
+            lam=model.lam,
+            distill_loss=repr(model.distill_loss))
+
+    def _check_work_dir(self, runner) -> None:
+        path = self.layout.path(CHAIN_FILE)
+        record = self._record(runner)
+        resume = bool(getattr(runner, '_resume', False))
+        if osp.isfile(path):
+            with open(path) as f:
+                found = json.load(f)
+            if not resume:
+                raise ValueError(
+                    f'{runner.work_dir} already holds a run ({path}): pass '
+                    '--resume to continue it, or use another --work-dir')
+            differ = sorted(k for k in set(record) | set(found)
+                            if record.get(k) != found.get(k))
+            if differ:
+                raise ValueError(
+                    f'{runner.work_dir} holds a run of other snapshot '
+                    'generations: ' + ', '.join(
+                        f'{k} {found.get(k)!r} there, {record.get(k)!r} '
+                        'now' for k in differ) +
+                    '; resume it with its own settings or use another '
+                    '--work-dir')
+        elif self.layout.existing():
+            raise ValueError(
+                f'{runner.work_dir} holds generation folders '
+                f'{self.layout.existing()} but no {CHAIN_FILE}: use '
+                'another --work-dir')
+        atomic_write_text(json.dumps(record, indent=2), path)
+
+    def after_run(self, runner) -> None:
+        if self._lock is not None:
+            _HELD.pop(self._lock.path, None)
+            self._lock.release()
+            self._lock = None
+
+    # --- the teacher of each cycle -----------------------------------------
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        checkpoint[CHECKPOINT_KEY] = dict(
+            teacher_cycle=self._teacher_cycle,
+            teacher_state=self._teacher_state,
+            cycle_time_s=dict(self._cycle_time))
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        saved = checkpoint.get(CHECKPOINT_KEY)
+        if saved is None:
+            return
+        self._cycle_time = {int(k): v for k, v in saved.get(
+            'cycle_time_s', {}).items()}
+        if saved.get('teacher_state') is not None:
+            self._set_teacher(runner, int(saved['teacher_cycle']),
+                              saved['teacher_state'])
+
+    def _set_teacher(self, runner, cycle: int, state: dict) -> None:
+        model = bare_model(runner.model)
+        state = {k: v.detach().cpu().clone() for k, v in state.items()}
+        # Building the teacher initialises weights that its state then
+        # replaces: it must not draw from the run's random numbers.
+        with torch.random.fork_rng(devices=[]):
+            frozen = FrozenTeacher(
+                config=plain_model_cfg(runner.cfg),
+                checkpoint=f'the snapshot of cycle {cycle - 1}',
+                state_dict=state,
+                teacher_autocast=model.teacher_autocast,
+                teacher_compile=model.teacher_compile,
+                teacher_channels_last=model.teacher_channels_last)
+        model.set_teacher(frozen)
+        self._teacher_cycle, self._teacher_state = cycle, state
+
+    def _cycle(self, epoch: int) -> int:
+        return epoch // self.cycle_epochs
+
+    def before_train_epoch(self, runner) -> None:
+        cycle = self._cycle(runner.epoch)
+        model = bare_model(runner.model)
+        if cycle > 0 and self._teacher_cycle != cycle:
+            # The weights now are those that ended cycle c-1 (also right
+            # after a resume from the checkpoint of that epoch).
+            use_rank0_buffers(model)
+            self._set_teacher(runner, cycle, model.state_dict())
+            # The last cycle's loss terms (e.g. TSD's) would stay in the
+            # log lines with their last values: each loss logs its own.
+            scalars = runner.message_hub.log_scalars
+            for key in [k for k in scalars if k.startswith('train/loss')]:
+                scalars.pop(key)
+            # Every rank has its teacher (and cleared its cache) before any
+            # rank trains on it.
+            barrier()
+            print_log(
+                f'[snapshot] cycle {cycle}/{self.num_cycles - 1} (epochs '
+                f'{cycle * self.cycle_epochs + 1}-'
+                f'{(cycle + 1) * self.cycle_epochs}): taught by the '
+                f'snapshot of cycle {cycle - 1}', logger='current')
+        if self._first_loss is not None:
+            model.head.loss_module = self._first_loss if cycle == 0 \
+                else self._head_loss
+        self._epoch_started = time.time()
+
+    # --- the end of each cycle ---------------------------------------------
+
+    def after_train_epoch(self, runner) -> None:
+        cycle = self._cycle(runner.epoch)
+        if self._epoch_started is not None:
+            self._cycle_time[cycle] = self._cycle_time.get(cycle, 0.0) + (
+                time.time() - self._epoch_started)
+        if (runner.epoch + 1) % self.cycle_epochs:
+            return
+        model = bare_model(runner.model)
+        # The model handed on (exported, reported, the next teacher) is
+        # rank 0's, BatchNorm statistics included.
+        use_rank0_buffers(model)
+        scores, labels = self._test_predictions(runner, model, cycle)
+        if is_main_process():
+            self._finish_cycle(runner, model, cycle, scores, labels)
+        barrier()
+
+    def _test_predictions(self, runner, model, cycle: int):
+        cfg = runner.cfg
+        test_cfg = test_loader_cfg(cfg)
+        built_val = getattr(runner.val_loop, 'dataloader', None)
+        dataset = None
+        if cfg.get('val_dataloader') is not None and hasattr(
+                built_val, 'dataset') and plain_data(test_cfg) == \
+                plain_data(cfg.val_dataloader):
+            dataset = built_val.dataset
+        return predict(model, test_cfg, dataset,
+                       f'[snapshot] cycle {cycle} test set')
+
+    def _role(self, runner, cycle: int) -> str:
+        head_loss = loss_name(_head_loss_cfg(runner))
+        if cycle == 0:
+            first = loss_name(self.first_cycle_loss) \
+                if self.first_cycle_loss else head_loss
+            return f'cycle 0, trained on data with {first}'
+        model = bare_model(runner.model)
+        return (f'student of the snapshot of cycle {cycle - 1} '
+                f'(lam={model.lam:g}, {type(model.distill_loss).__name__}'
+                f'(tau={getattr(model.distill_loss, "tau", 1.0):g})), '
+                f'head loss {head_loss}')
+
+    def _finish_cycle(self, runner, model, cycle: int, scores,
+                      labels) -> None:
+        layout = self.layout
+        export_plain_model(
+            runner.cfg, model, layout.gen_dir(cycle),
+            dataset_meta=getattr(runner.train_dataloader.dataset,
+                                 'metainfo', None),
+            extra_meta=dict(generation=cycle, snapshot_cycle=cycle,
+                            epoch=runner.epoch + 1))
+        scores = save_predictions(layout.gen_file(cycle, PREDICTIONS),
+                                  scores, labels)
+        members = [cycle] if cycle == 0 else list(range(1, cycle + 1))
+        all_scores = [scores if c == cycle else load_predictions(
+            layout.gen_file(c, PREDICTIONS))[0] for c in members]
+        teacher_top1 = None
+        if cycle > 0:
+            teacher_top1 = topk_accuracy(load_predictions(
+                layout.gen_file(cycle - 1, PREDICTIONS))[0], labels, 1)
+        record = dict(
+            generation=cycle,
+            trained_with=self._role(runner, cycle),
+            handed_on=f'last (epoch {runner.epoch + 1})',
+            epochs=runner.epoch + 1,
+            wall_time_s=round(self._cycle_time.get(cycle, 0.0), 1),
+            **prediction_stats(scores, labels, self.report_k),
+            report_k=self.report_k,
+            ensemble_members=members,
+            ensemble_top1=topk_accuracy(ensemble_scores(all_scores), labels,
+                                        1),
+            teacher_top1=teacher_top1,
+            snapshot=dict(cycle=cycle, cycle_epochs=self.cycle_epochs))
+        atomic_write_text(json.dumps(record, indent=2),
+                          layout.gen_file(cycle, GENERATION_FILE))
+        records = self._records(cycle)
+        title = (f'Snapshot generations of {osp.basename(runner.work_dir)} '
+                 f'({self.num_cycles} cycles of {self.cycle_epochs} epochs)')
+        write_report(layout.work_dir, records, title)
+        print_log(
+            f'[snapshot] cycle {cycle}/{self.num_cycles - 1} finished: '
+            f"top-1 {record['top1']:.2f}, ensemble 1..{cycle} "
+            f"{record['ensemble_top1']:.2f}, mean top-1 prob "
+            f"{record['mean_top1_prob']:.4f}"
+            + ('' if teacher_top1 is None else
+               f', teacher {teacher_top1:.2f}') +
+            f' (report: {layout.path("generations.md")})',
+            logger='current')
+
+    def _records(self, upto: int) -> List[dict]:
+        records = []
+        for c in range(upto + 1):
+            path = self.layout.gen_file(c, GENERATION_FILE)
+            if osp.isfile(path):
+                with open(path) as f:
+                    records.append(json.load(f))
+        return records
