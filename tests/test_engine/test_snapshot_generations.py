@@ -243,3 +243,62 @@ def test_a_new_teacher_empties_the_teacher_cache(digits_teacher):
         assert len(model.teacher_cache) == 0
         model.loss(data['inputs'], data['data_samples'])
         assert len(model.teacher_cache) == 16
+
+
+TEACHER_PRINTER = '''
+import torch
+from mmengine.hooks import Hook
+from mmpretrain.registry import HOOKS
+
+
+@HOOKS.register_module()
+class TeacherSumHook(Hook):
+    def after_train_epoch(self, runner):
+        model = getattr(runner.model, 'module', runner.model)
+        if model.teacher is not None:
+            total = sum(v.double().sum().item()
+                        for v in model.teacher.state_dict().values())
+            print(f'teacher sum epoch {runner.epoch + 1} rank '
+                  f'{runner.rank}: {total!r}', flush=True)
+'''
+
+
+@pytest.mark.slow
+def test_snapshot_generations_under_2_process_ddp(tmp_path, python):
+    """tools/dist_train.sh on 2 CPU processes: both ranks are taught by the
+    same snapshot (rank 0's weights and BatchNorm statistics, which the
+    export of cycle 0 holds), and the cycles are reported once."""
+    import random
+    import re
+
+    from conftest import REPO, run_tool
+    (tmp_path / 'test_hook.py').write_text(TEACHER_PRINTER)
+    config = tmp_path / 'ddp_snapshot.py'
+    config.write_text(
+        f"_base_ = [{os.path.join(REPO, 'configs', 'tsd', CONFIG)!r}]\n"
+        "custom_imports = dict(imports=['mmtolerant', 'test_hook'])\n"
+        "custom_hooks = [\n"
+        "    dict(type='SnapshotGenerationsHook', num_cycles=2,\n"
+        "         first_cycle_loss=dict(type='TSDLoss', eta=0.7, k=3)),\n"
+        "    dict(type='EpochSeedHook'), dict(type='PreemptionHook'),\n"
+        "    dict(type='TeacherSumHook')]\n"
+        "train_cfg = dict(max_epochs=4, val_interval=2)\n"
+        "param_scheduler = dict(periods=[2, 2], restart_weights=[1, 1])\n")
+    work_dir = tmp_path / 'run'
+    proc = run_tool(
+        ['bash', 'tools/dist_train.sh', str(config), '2', '--work-dir',
+         str(work_dir)],
+        env={'PYTHON': python, 'PORT': str(random.randint(20000, 40000)),
+             'CUDA_VISIBLE_DEVICES': '',
+             'PYTHONPATH': f'{tmp_path}{os.pathsep}{REPO}'})
+    log = proc.stdout + proc.stderr
+    assert 'Distributed training: True' in log
+    sums = re.findall(r'teacher sum epoch (\d) rank (\d): (\S+)', log)
+    assert sorted((e, r) for e, r, _ in sums) == [
+        ('3', '0'), ('3', '1'), ('4', '0'), ('4', '1')]
+    assert len({s for _, _, s in sums}) == 1  # one teacher on both ranks
+    export = weights(work_dir / 'gen_0' / 'exported_model.pth')
+    assert float(sums[0][2]) == pytest.approx(
+        sum(v.double().sum().item() for v in export.values()), rel=1e-12)
+    assert [r['generation'] for r in _records(work_dir)] == [0, 1]
+    assert log.count('[snapshot] cycle 1/1 finished') == 1
