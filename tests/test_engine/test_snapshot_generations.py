@@ -165,7 +165,9 @@ def test_a_run_stopped_mid_cycle_resumes_to_the_same_result(
 @pytest.mark.parametrize('change, match', [
     (dict(resume=False), 'already holds a run .*pass --resume'),
     ({'resume': True, 'custom_hooks.0.first_cycle_loss': None},
-     r"first_cycle_loss \{.*TSDLoss.*\} there, None now"),
+     r'first_cycle_loss: TSDLoss\(eta=0.7, k=3\) recorded, None now'),
+    ({'resume': True, 'optim_wrapper.optimizer.lr': 0.1},
+     r'run.optim_wrapper.optimizer.lr: 0.05 recorded, 0.1 now'),
 ])
 def test_a_second_run_or_other_cycles_in_its_work_dir_are_refused(
         snapshot_run, tmp_path, change, match):
@@ -186,12 +188,14 @@ def test_a_second_run_or_other_cycles_in_its_work_dir_are_refused(
      'num_cycles=4 does not divide train_cfg.max_epochs=6'),
     ({'model.type': 'ImageClassifier'}, TypeError,
      "needs model.type='DistillImageClassifier', got ImageClassifier"),
+    ({'custom_hooks.0.report_k': 11}, ValueError,
+     'report_k=11 is larger than the 10 classes'),
 ])
 def test_bad_snapshot_settings_are_refused_before_training(
         tmp_path, change, error, match):
     cfg = snapshot_cfg(tmp_path)
     if change.get('model.type') == 'ImageClassifier':
-        for key in ('teacher', 'lam', 'distill_loss'):
+        for key in ('teacher', 'lam', 'distill_loss', 'eval_teacher'):
             cfg.model.pop(key)
     cfg.merge_from_dict(change)
     with pytest.raises(error, match=match):
@@ -302,3 +306,39 @@ def test_snapshot_generations_under_2_process_ddp(tmp_path, python):
         sum(v.double().sum().item() for v in export.values()), rel=1e-12)
     assert [r['generation'] for r in _records(work_dir)] == [0, 1]
     assert log.count('[snapshot] cycle 1/1 finished') == 1
+
+
+def test_a_resume_without_the_records_of_finished_cycles_is_refused(
+        snapshot_run, tmp_path):
+    import shutil
+    work_dir = tmp_path / 'copy'
+    shutil.copytree(snapshot_run[0], work_dir)
+    shutil.rmtree(work_dir / 'gen_1')
+    with pytest.raises(ValueError,
+                       match=r'records of cycles \[1\] are missing'):
+        train(snapshot_cfg(work_dir, resume=True))
+
+
+def test_a_resume_from_a_checkpoint_of_another_kind_of_run_is_refused(
+        digits_teacher, tmp_path):
+    """A plain classifier's checkpoint (the same student weights) holds no
+    cycle teacher: resuming a snapshot run from it is refused."""
+    with pytest.raises(ValueError, match="not one of a snapshot run"):
+        train(snapshot_cfg(tmp_path, resume=True,
+                           load_from=str(digits_teacher / 'epoch_2.pth')))
+    assert not (tmp_path / 'chain.json').exists()
+
+
+def test_testing_a_snapshot_config_leaves_its_work_dir_alone(snapshot_run):
+    """mmpretrain's test path (Runner.test with load_from) on a snapshot
+    config: the export of cycle 2 tested, no lock taken, nothing written."""
+    from mmengine.runner import Runner
+    from mmtolerant.utils.work_dir_lock import WorkDirLock
+    work_dir = snapshot_run[0]
+    before = (work_dir / 'chain.json').read_text()
+    cfg = snapshot_cfg(work_dir, load_from=str(work_dir / 'epoch_6.pth'))
+    with WorkDirLock(str(work_dir / 'chain.lock')):  # a run holds it
+        metrics = Runner.from_cfg(cfg).test()
+    assert metrics['accuracy/top1'] == pytest.approx(
+        _records(work_dir)[2]['top1'])
+    assert (work_dir / 'chain.json').read_text() == before

@@ -13,6 +13,7 @@ so the analysis tools and sweeps read a snapshot run as a chain.
 """
 import copy
 import json
+import logging
 import os.path as osp
 import time
 from typing import Dict, List, Optional
@@ -30,7 +31,8 @@ from mmtolerant.evaluation.generation_report import (ensemble_scores,
                                                      save_predictions,
                                                      topk_accuracy,
                                                      write_report)
-from mmtolerant.models.classifiers.frozen_teacher import FrozenTeacher
+from mmtolerant.models.classifiers.frozen_teacher import (
+    FrozenTeacher, num_classes_of)
 from mmtolerant.models.classifiers.plain_classifier import (
     export_plain_model, plain_model_cfg)
 from mmtolerant.models.losses.utils import loss_name
@@ -38,10 +40,10 @@ from mmtolerant.utils.chain_layout import (CHAIN_FILE, GENERATION_FILE,
                                            LOCK_FILE, PREDICTIONS,
                                            ChainLayout)
 from mmtolerant.utils.config import plain_data
-from mmtolerant.utils.distributed import use_rank0_buffers
+from mmtolerant.utils.distributed import agree, use_rank0_buffers
 from mmtolerant.utils.fileio import atomic_write_text
 from mmtolerant.utils.model import bare_model
-from mmtolerant.utils.work_dir_lock import WorkDirLock
+from mmtolerant.utils.work_dir_lock import WorkDirInUse, WorkDirLock
 from .generation_finish_hook import predict, test_loader_cfg
 
 # The checkpoint's entry: the cycle's teacher weights (plain tensors, so a
@@ -124,17 +126,48 @@ class SnapshotGenerationsHook(Hook):
         self._teacher_state = None  # its weights (CPU), for checkpoints
         self._cycle_time = {}  # cycle -> seconds trained (resumes add up)
         self._epoch_started = None
+        self._resumed_entry = False  # the resumed checkpoint had our entry
 
     # --- checks and the work_dir -------------------------------------------
 
-    def before_run(self, runner) -> None:
+    def before_train(self, runner) -> None:
+        """Every check and the work_dir's lock, before the first step (and
+        after a resume loaded its checkpoint). A test run of the same
+        config (``tools/test.py``) trains nothing and is left alone."""
+        self._check_settings(runner)
+        self.layout = ChainLayout(runner.work_dir)
+        error = None
+        if is_main_process():
+            path = self.layout.path(LOCK_FILE)
+            # A run of this process that ended in an exception (mmengine
+            # calls no hook then) left its lock held: that run is over.
+            stale = _HELD.pop(path, None)
+            if stale is not None:
+                stale.release()
+            try:
+                self._lock = _HELD[path] = WorkDirLock(path)
+                self._lock.acquire()
+                self._check_work_dir(runner)
+            except (ValueError, RuntimeError, OSError) as e:
+                error = (type(e).__name__, str(e))
+                self.after_run(runner)
+        # Every rank stops on rank 0's refusal, not only rank 0.
+        error = agree(error)
+        if error is not None:
+            kind = {'WorkDirInUse': WorkDirInUse,
+                    'PermissionError': PermissionError}.get(
+                        error[0], ValueError)
+            raise kind(error[1])
+        self._check_schedule(runner)
+
+    def _check_settings(self, runner) -> None:
         model = bare_model(runner.model)
         if type(model).__name__ != 'DistillImageClassifier' or \
                 not hasattr(model, 'set_teacher'):
             raise TypeError(
                 'SnapshotGenerationsHook needs model.type='
                 f"'DistillImageClassifier', got {type(model).__name__}")
-        if model.frozen_teacher is not None:
+        if model.frozen_teacher is not None and not self._teacher_state:
             raise ValueError(
                 'SnapshotGenerationsHook: the model already has a teacher '
                 f'({model.frozen_teacher.checkpoint}); set model.teacher='
@@ -143,13 +176,19 @@ class SnapshotGenerationsHook(Hook):
         max_epochs = getattr(loop, 'max_epochs', None)
         if not isinstance(loop, EpochBasedTrainLoop) or max_epochs is None:
             raise ValueError('SnapshotGenerationsHook needs an epoch-based '
-                             "train loop (train_cfg.by_epoch=True)")
+                             'train loop (train_cfg.by_epoch=True)')
         if max_epochs % self.num_cycles:
             raise ValueError(
                 f'SnapshotGenerationsHook: num_cycles={self.num_cycles} '
                 f'does not divide train_cfg.max_epochs={max_epochs}: each '
                 'cycle must have the same number of epochs')
         self.cycle_epochs = max_epochs // self.num_cycles
+        classes = num_classes_of(model)
+        if classes is not None and self.report_k > classes:
+            raise ValueError(
+                f'SnapshotGenerationsHook: report_k={self.report_k} is '
+                f'larger than the {classes} classes')
+        test_loader_cfg(runner.cfg)  # the report needs test data
         if self.first_cycle_loss is not None:
             if not hasattr(model.head, 'loss_module'):
                 raise ValueError(
@@ -158,64 +197,94 @@ class SnapshotGenerationsHook(Hook):
                     f'{type(model.head).__name__} has none')
             self._first_loss = MODELS.build(copy.deepcopy(
                 self.first_cycle_loss))
-        if hasattr(model.head, 'loss_module'):
+        if hasattr(model.head, 'loss_module') and self._head_loss is None:
             self._head_loss = model.head.loss_module
-        self.layout = ChainLayout(runner.work_dir)
-        if is_main_process():
-            path = self.layout.path(LOCK_FILE)
-            # A run of this process that ended in an exception (mmengine
-            # calls no hook then) left its lock held: that run is over.
-            stale = _HELD.pop(path, None)
-            if stale is not None:
-                stale.release()
-            self._lock = _HELD[path] = WorkDirLock(path)
-            self._lock.acquire()
-            try:
-                self._check_work_dir(runner)
-            except BaseException:
-                self._lock.release()
-                raise
+
+    def _check_schedule(self, runner) -> None:
+        """Warn when the learning rate does not restart once per cycle
+        (the method's schedule; another cyclic one may be meant)."""
+        schedulers = runner.cfg.get('param_scheduler')
+        if isinstance(schedulers, dict):
+            schedulers = [schedulers]
+        restarts = [s for s in schedulers or [] if isinstance(s, dict) and
+                    s.get('type') == 'CosineRestartLR']
+        if not restarts or any(
+                list(s.get('periods', [])) != [self.cycle_epochs] *
+                self.num_cycles or not s.get('by_epoch', True)
+                for s in restarts):
+            print_log(
+                '[snapshot] the learning rate is not CosineRestartLR with '
+                f'periods={[self.cycle_epochs] * self.num_cycles} by epoch: '
+                'each cycle should restart the schedule (see '
+                'configs/tsd/snapshot-*)', logger='current',
+                level=logging.WARNING)
 
     def _record(self, runner) -> dict:
-        """``chain.json`` of a snapshot run: what its cycles are."""
-        model = bare_model(runner.model)
-        return dict(
+        """``chain.json`` of a snapshot run: its cycles and what the run
+        computes (as a chain records each generation)."""
+        from mmtolerant.engine.runner.chain_record import run_record
+        return json.loads(json.dumps(dict(
             kind='snapshot',
             num_generations=self.num_cycles - 1,
             num_cycles=self.num_cycles,
             cycle_epochs=self.cycle_epochs,
             first_cycle_loss=self.first_cycle_loss,
-            head_loss=loss_name(_head_loss_cfg(runner)),
-            lam=model.lam,
-            distill_loss=repr(model.distill_loss))
+            report_k=self.report_k,
+            run=run_record(runner.cfg)), sort_keys=True))
 
     def _check_work_dir(self, runner) -> None:
+        from mmtolerant.engine.runner.chain_record import differences
         path = self.layout.path(CHAIN_FILE)
         record = self._record(runner)
         resume = bool(getattr(runner, '_resume', False))
         if osp.isfile(path):
             with open(path) as f:
-                found = json.load(f)
+                try:
+                    found = json.load(f)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f'{path} is not valid JSON ({e}): use '
+                                     'another --work-dir') from None
             if not resume:
                 raise ValueError(
                     f'{runner.work_dir} already holds a run ({path}): pass '
                     '--resume to continue it, or use another --work-dir')
-            differ = sorted(k for k in set(record) | set(found)
-                            if record.get(k) != found.get(k))
-            if differ:
+            changes = differences(found, record)
+            if changes:
                 raise ValueError(
-                    f'{runner.work_dir} holds a run of other snapshot '
-                    'generations: ' + ', '.join(
-                        f'{k} {found.get(k)!r} there, {record.get(k)!r} '
-                        'now' for k in differ) +
-                    '; resume it with its own settings or use another '
+                    f'{runner.work_dir} holds a snapshot run under other '
+                    'settings: ' + '; '.join(changes[:5]) +
+                    '. Resume it with its own settings or use another '
                     '--work-dir')
         elif self.layout.existing():
             raise ValueError(
                 f'{runner.work_dir} holds generation folders '
                 f'{self.layout.existing()} but no {CHAIN_FILE}: use '
                 'another --work-dir')
+        if runner.epoch > 0 or runner.iter > 0:
+            self._check_resumed(runner)
         atomic_write_text(json.dumps(record, indent=2), path)
+
+    def _check_resumed(self, runner) -> None:
+        """A run resumed at epoch e has the snapshot entry in its
+        checkpoint and the records of the cycles finished before e."""
+        if not self._resumed_entry:
+            raise ValueError(
+                f'the checkpoint resumed at epoch {runner.epoch} in '
+                f'{runner.work_dir} is not one of a snapshot run (no '
+                f'{CHECKPOINT_KEY!r} entry): its cycles\' teachers are '
+                'unknown. Use another --work-dir')
+        missing = [
+            c for c in range(self._cycle(runner.epoch))
+            if not osp.isfile(self.layout.gen_file(c, GENERATION_FILE))
+            or not osp.isfile(self.layout.gen_file(c, PREDICTIONS))
+        ]
+        if missing:
+            raise ValueError(
+                f'{runner.work_dir} resumes at epoch {runner.epoch} (cycle '
+                f'{self._cycle(runner.epoch)}) but the records of cycles '
+                f'{missing} are missing (gen_<c>/{GENERATION_FILE} and '
+                f'{PREDICTIONS}): the report would be incomplete. Use '
+                'another --work-dir')
 
     def after_run(self, runner) -> None:
         if self._lock is not None:
@@ -232,9 +301,13 @@ class SnapshotGenerationsHook(Hook):
             cycle_time_s=dict(self._cycle_time))
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        # A resume only: weights loaded with load_from start a new run.
+        if not getattr(runner, '_resume', False):
+            return
         saved = checkpoint.get(CHECKPOINT_KEY)
         if saved is None:
             return
+        self._resumed_entry = True
         self._cycle_time = {int(k): v for k, v in saved.get(
             'cycle_time_s', {}).items()}
         if saved.get('teacher_state') is not None:
@@ -282,8 +355,11 @@ class SnapshotGenerationsHook(Hook):
                 f'{(cycle + 1) * self.cycle_epochs}): taught by the '
                 f'snapshot of cycle {cycle - 1}', logger='current')
         if self._first_loss is not None:
-            model.head.loss_module = self._first_loss if cycle == 0 \
-                else self._head_loss
+            loss = self._first_loss if cycle == 0 else self._head_loss
+            param = next(model.parameters(), None)
+            if param is not None:  # a loss may hold buffers (class_weight)
+                loss.to(param.device)
+            model.head.loss_module = loss
         self._epoch_started = time.time()
 
     # --- the end of each cycle ---------------------------------------------

@@ -52,9 +52,10 @@ def _as_epoch_loop(train_cfg: Any) -> Any:
     return train_cfg
 
 
-def generation_record(cfg: Config,
-                      settings: GenerationSettings) -> Dict[str, Any]:
-    """What generation ``cfg`` computes, as plain data."""
+def run_record(cfg: Config) -> Dict[str, Any]:
+    """What an MMEngine run of ``cfg`` computes, as plain data (without
+    where its data and teacher files lie, and without what changes only
+    its speed)."""
     record = {key: plain_data(cfg.get(key)) for key in _SECTIONS}
     record['train_cfg'] = _as_epoch_loop(record['train_cfg'])
     model = record['model']
@@ -84,6 +85,13 @@ def generation_record(cfg: Config,
         h for h in plain_data(cfg.get('custom_hooks') or [])
         if isinstance(h, dict) and str(h.get('type')).endswith('EMAHook')
     ]
+    return record
+
+
+def generation_record(cfg: Config,
+                      settings: GenerationSettings) -> Dict[str, Any]:
+    """What generation ``cfg`` computes, as plain data."""
+    record = run_record(cfg)
     # (report_train may change: a generation trained without it only
     # lacks the training-set columns.)
     record['chain'] = dict(hand_on=settings.hand_on,

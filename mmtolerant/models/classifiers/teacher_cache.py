@@ -141,8 +141,9 @@ class TeacherOutputCache:
 
     @property
     def computed(self) -> int:
-        """Entries the teacher filled, on all ranks (an entry is filled
-        once: the cache only grows)."""
+        """Entries the teacher filled, on all ranks, since the cache began
+        or was last cleared for a new teacher (an entry is filled once:
+        in between, the cache only grows)."""
         return len(self)
 
     @property
@@ -356,7 +357,8 @@ class TeacherOutputCache:
         # (every rank writes every gathered entry); the other ranks'
         # concurrent writes of the entry are the same bytes, so no
         # interleaving of them changes what it reads. Flags are only ever
-        # set, never cleared, so `len()` counts exactly the entries written.
+        # set during training (``clear`` resets them all between two
+        # teachers), so `len()` counts exactly the entries written.
         arrays['filled'][index] = True
 
     def targets(self, index: torch.Tensor, inputs: torch.Tensor,
