@@ -124,8 +124,10 @@ class SnapshotGenerationsHook(Hook):
         self._first_loss = None
         self._teacher_cycle = 0  # the cycle the model's teacher is for
         self._teacher_state = None  # its weights (CPU), for checkpoints
-        self._cycle_time = {}  # cycle -> seconds trained (resumes add up)
-        self._epoch_started = None
+        # cycle -> seconds from its start to its report (validation and
+        # checkpoints included, as a chain's generation; resumes add up)
+        self._cycle_time = {}
+        self._mark = None  # when the time not yet counted began
         self._resumed_entry = False  # the resumed checkpoint had our entry
 
     # --- checks and the work_dir -------------------------------------------
@@ -360,15 +362,19 @@ class SnapshotGenerationsHook(Hook):
             if param is not None:  # a loss may hold buffers (class_weight)
                 loss.to(param.device)
             model.head.loss_module = loss
-        self._epoch_started = time.time()
+        if self._mark is None:  # the run's first epoch
+            self._mark = time.time()
 
     # --- the end of each cycle ---------------------------------------------
 
     def after_train_epoch(self, runner) -> None:
         cycle = self._cycle(runner.epoch)
-        if self._epoch_started is not None:
-            self._cycle_time[cycle] = self._cycle_time.get(cycle, 0.0) + (
-                time.time() - self._epoch_started)
+        # Since the last epoch's end: this epoch, and the validation and
+        # checkpoint after the last one.
+        now = time.time()
+        self._cycle_time[cycle] = self._cycle_time.get(cycle, 0.0) + (
+            now - self._mark)
+        self._mark = now
         if (runner.epoch + 1) % self.cycle_epochs:
             return
         model = bare_model(runner.model)
@@ -376,6 +382,9 @@ class SnapshotGenerationsHook(Hook):
         # rank 0's, BatchNorm statistics included.
         use_rank0_buffers(model)
         scores, labels = self._test_predictions(runner, model, cycle)
+        now = time.time()  # the test pass is the cycle's, as a chain's
+        self._cycle_time[cycle] += now - self._mark
+        self._mark = now
         if is_main_process():
             self._finish_cycle(runner, model, cycle, scores, labels)
         barrier()
