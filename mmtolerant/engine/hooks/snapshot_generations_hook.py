@@ -83,7 +83,10 @@ class SnapshotGenerationsHook(Hook):
     1..c, the teacher's top-1, confidence, the cycle's wall time), then the
     report ``generations.json/.md/.png`` of the cycles so far. The work_dir
     is locked for the run (``chain.lock``) and ``chain.json`` records the
-    cycles: a second run, or a resume under other cycles, is refused.
+    cycles and what the run computes: a second run, a resume under other
+    settings, from another run's checkpoint or without the finished
+    cycles' records is refused before training (on every rank). A test run
+    of the config (no training) is left alone.
 
     Args:
         num_cycles (int): C >= 2, dividing ``train_cfg.max_epochs``.
