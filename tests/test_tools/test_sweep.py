@@ -34,6 +34,23 @@ def parse(sweep, monkeypatch, *argv):
     return sweep.parse_args()
 
 
+def test_a_grid_of_names_is_plotted_at_named_positions(sweep, tmp_path):
+    """generations.teacher=previous,ensemble (not numbers) gives a plot
+    with one named tick per value, as numbers do on a numeric axis."""
+    aggregated = [
+        dict(config='c.py', setting={'generations.tolerant': t,
+                                     'generations.teacher': e},
+             final_top1=90 + i, final_top1_std=0.1)
+        for i, (t, e) in enumerate([('none', 'previous'),
+                                    ('none', 'ensemble'),
+                                    ('patriarch', 'previous'),
+                                    ('patriarch', 'ensemble')])]
+    grid = {'generations.tolerant': ['none', 'patriarch'],
+            'generations.teacher': ['previous', 'ensemble']}
+    sweep.plot_grid(aggregated, grid, str(tmp_path / 'sweep.png'))
+    assert (tmp_path / 'sweep.png').stat().st_size > 1000
+
+
 def test_gpu_slots_split_the_visible_gpus_and_ports():
     assert chain_jobs.gpu_slots(2, 2, ['4', '5', '6', '7'], 29600) == [
         (['4', '5'], 29600), (['6', '7'], 29601)]

@@ -439,6 +439,14 @@ def main():
                          'command to resume them)')
 
 
+def _is_number(text):
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def plot_grid(aggregated, grid, path):
     import matplotlib
     matplotlib.use('Agg')
@@ -454,12 +462,20 @@ def plot_grid(aggregated, grid, path):
                 f'{k.split(".")[-1]}={agg["setting"][k]}' for k in others
             ]) or 'final generation'
         series.setdefault(label, []).append(agg)
+    # Numbers on a numeric axis; other values (teacher='previous',
+    # tolerant='none'...) at evenly spaced named positions, in grid order.
+    values = list(dict.fromkeys(str(a['setting'][x_key]) for a in aggregated))
+    numeric = all(_is_number(v) for v in values)
     for i, (label, aggs) in enumerate(series.items()):
-        xs = [float(a['setting'][x_key]) for a in aggs]
+        xs = [float(a['setting'][x_key]) if numeric else values.index(
+            str(a['setting'][x_key])) for a in aggs]
         ys = [a['final_top1'] for a in aggs]
         es = [a['final_top1_std'] for a in aggs]
         ax.errorbar(xs, ys, yerr=es, fmt='o-', color=f'C{i}', capsize=3,
                     label=label)
+    if not numeric:
+        ax.set_xticks(range(len(values)))
+        ax.set_xticklabels(values)
     ax.set_xlabel(x_key)
     ax.set_ylabel('final-generation top-1 (%)')
     ax.grid(alpha=0.3)
