@@ -12,11 +12,9 @@ test predictions and record, and ``generations.json/.md/.png`` the report,
 so the analysis tools and sweeps read a snapshot run as a chain.
 """
 import copy
-import json
 import logging
-import os.path as osp
 import time
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import torch
 from mmengine.dist import barrier, is_main_process
@@ -25,38 +23,21 @@ from mmengine.logging import print_log
 from mmengine.runner import EpochBasedTrainLoop
 from mmpretrain.registry import HOOKS, MODELS
 
-from mmtolerant.evaluation.generation_report import (ensemble_scores,
-                                                     load_predictions,
-                                                     prediction_stats,
-                                                     save_predictions,
-                                                     topk_accuracy,
-                                                     write_report)
 from mmtolerant.models.classifiers.frozen_teacher import (
     FrozenTeacher, num_classes_of)
-from mmtolerant.models.classifiers.plain_classifier import (
-    export_plain_model, plain_model_cfg)
-from mmtolerant.models.losses.utils import loss_name
-from mmtolerant.utils.chain_layout import (CHAIN_FILE, GENERATION_FILE,
-                                           LOCK_FILE, PREDICTIONS,
-                                           ChainLayout)
-from mmtolerant.utils.config import plain_data
+from mmtolerant.models.classifiers.plain_classifier import plain_model_cfg
+from mmtolerant.utils.chain_layout import LOCK_FILE, ChainLayout
 from mmtolerant.utils.distributed import agree, use_rank0_buffers
-from mmtolerant.utils.fileio import atomic_write_text
 from mmtolerant.utils.model import bare_model
 from mmtolerant.utils.work_dir_lock import WorkDirInUse, WorkDirLock
-from .generation_finish_hook import predict, test_loader_cfg
+from .generation_finish_hook import test_loader_cfg
+from .snapshot_cycle_report import cycle_test_predictions, write_cycle
+from .snapshot_work_dir import (CHECKPOINT_KEY, check_resumed,
+                                check_work_dir, snapshot_record,
+                                write_record)
 
-# The checkpoint's entry: the cycle's teacher weights (plain tensors, so a
-# resume reads them weights-only) and the time spent in each cycle so far.
-CHECKPOINT_KEY = 'snapshot_generations'
 # The work_dir locks this process holds, by lock file (one run at a time).
 _HELD: Dict[str, WorkDirLock] = {}
-
-
-def _head_loss_cfg(runner) -> dict:
-    loss = (runner.cfg.model.get('head') or {}).get('loss')
-    return loss if isinstance(loss, dict) and 'type' in loss else dict(
-        type="the head's loss")
 
 
 @HOOKS.register_module()
@@ -224,72 +205,16 @@ class SnapshotGenerationsHook(Hook):
                 'configs/tsd/snapshot-*)', logger='current',
                 level=logging.WARNING)
 
-    def _record(self, runner) -> dict:
-        """``chain.json`` of a snapshot run: its cycles and what the run
-        computes (as a chain records each generation)."""
-        from mmtolerant.engine.runner.chain_record import run_record
-        return json.loads(json.dumps(dict(
-            kind='snapshot',
-            num_generations=self.num_cycles - 1,
-            num_cycles=self.num_cycles,
-            cycle_epochs=self.cycle_epochs,
-            first_cycle_loss=self.first_cycle_loss,
-            report_k=self.report_k,
-            run=run_record(runner.cfg)), sort_keys=True))
-
     def _check_work_dir(self, runner) -> None:
-        from mmtolerant.engine.runner.chain_record import differences
-        path = self.layout.path(CHAIN_FILE)
-        record = self._record(runner)
         resume = bool(getattr(runner, '_resume', False))
-        if osp.isfile(path):
-            with open(path) as f:
-                try:
-                    found = json.load(f)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f'{path} is not valid JSON ({e}): use '
-                                     'another --work-dir') from None
-            if not resume:
-                raise ValueError(
-                    f'{runner.work_dir} already holds a run ({path}): pass '
-                    '--resume to continue it, or use another --work-dir')
-            changes = differences(found, record)
-            if changes:
-                raise ValueError(
-                    f'{runner.work_dir} holds a snapshot run under other '
-                    'settings: ' + '; '.join(changes[:5]) +
-                    '. Resume it with its own settings or use another '
-                    '--work-dir')
-        elif self.layout.existing():
-            raise ValueError(
-                f'{runner.work_dir} holds generation folders '
-                f'{self.layout.existing()} but no {CHAIN_FILE}: use '
-                'another --work-dir')
+        record = snapshot_record(runner.cfg, self.num_cycles,
+                                 self.cycle_epochs, self.first_cycle_loss,
+                                 self.report_k)
+        check_work_dir(self.layout, record, resume)
         if runner.epoch > 0 or runner.iter > 0:
-            self._check_resumed(runner)
-        atomic_write_text(json.dumps(record, indent=2), path)
-
-    def _check_resumed(self, runner) -> None:
-        """A run resumed at epoch e has the snapshot entry in its
-        checkpoint and the records of the cycles finished before e."""
-        if not self._resumed_entry:
-            raise ValueError(
-                f'the checkpoint resumed at epoch {runner.epoch} in '
-                f'{runner.work_dir} is not one of a snapshot run (no '
-                f'{CHECKPOINT_KEY!r} entry): its cycles\' teachers are '
-                'unknown. Use another --work-dir')
-        missing = [
-            c for c in range(self._cycle(runner.epoch))
-            if not osp.isfile(self.layout.gen_file(c, GENERATION_FILE))
-            or not osp.isfile(self.layout.gen_file(c, PREDICTIONS))
-        ]
-        if missing:
-            raise ValueError(
-                f'{runner.work_dir} resumes at epoch {runner.epoch} (cycle '
-                f'{self._cycle(runner.epoch)}) but the records of cycles '
-                f'{missing} are missing (gen_<c>/{GENERATION_FILE} and '
-                f'{PREDICTIONS}): the report would be incomplete. Use '
-                'another --work-dir')
+            check_resumed(self.layout, runner.epoch,
+                          self._cycle(runner.epoch), self._resumed_entry)
+        write_record(self.layout, record)
 
     def after_run(self, runner) -> None:
         if self._lock is not None:
@@ -384,90 +309,15 @@ class SnapshotGenerationsHook(Hook):
         # The model handed on (exported, reported, the next teacher) is
         # rank 0's, BatchNorm statistics included.
         use_rank0_buffers(model)
-        scores, labels = self._test_predictions(runner, model, cycle)
+        scores, labels = cycle_test_predictions(runner, model, cycle)
         now = time.time()  # the test pass is the cycle's, as a chain's
         self._cycle_time[cycle] += now - self._mark
         self._mark = now
         if is_main_process():
-            self._finish_cycle(runner, model, cycle, scores, labels)
+            write_cycle(runner, self.layout, model, cycle, scores, labels,
+                        num_cycles=self.num_cycles,
+                        cycle_epochs=self.cycle_epochs,
+                        report_k=self.report_k,
+                        first_cycle_loss=self.first_cycle_loss,
+                        wall_time_s=self._cycle_time[cycle])
         barrier()
-
-    def _test_predictions(self, runner, model, cycle: int):
-        cfg = runner.cfg
-        test_cfg = test_loader_cfg(cfg)
-        built_val = getattr(runner.val_loop, 'dataloader', None)
-        dataset = None
-        if cfg.get('val_dataloader') is not None and hasattr(
-                built_val, 'dataset') and plain_data(test_cfg) == \
-                plain_data(cfg.val_dataloader):
-            dataset = built_val.dataset
-        return predict(model, test_cfg, dataset,
-                       f'[snapshot] cycle {cycle} test set')
-
-    def _role(self, runner, cycle: int) -> str:
-        head_loss = loss_name(_head_loss_cfg(runner))
-        if cycle == 0:
-            first = loss_name(self.first_cycle_loss) \
-                if self.first_cycle_loss else head_loss
-            return f'cycle 0, trained on data with {first}'
-        model = bare_model(runner.model)
-        return (f'student of the snapshot of cycle {cycle - 1} '
-                f'(lam={model.lam:g}, {type(model.distill_loss).__name__}'
-                f'(tau={getattr(model.distill_loss, "tau", 1.0):g})), '
-                f'head loss {head_loss}')
-
-    def _finish_cycle(self, runner, model, cycle: int, scores,
-                      labels) -> None:
-        layout = self.layout
-        export_plain_model(
-            runner.cfg, model, layout.gen_dir(cycle),
-            dataset_meta=getattr(runner.train_dataloader.dataset,
-                                 'metainfo', None),
-            extra_meta=dict(generation=cycle, snapshot_cycle=cycle,
-                            epoch=runner.epoch + 1))
-        scores = save_predictions(layout.gen_file(cycle, PREDICTIONS),
-                                  scores, labels)
-        members = [cycle] if cycle == 0 else list(range(1, cycle + 1))
-        all_scores = [scores if c == cycle else load_predictions(
-            layout.gen_file(c, PREDICTIONS))[0] for c in members]
-        teacher_top1 = None
-        if cycle > 0:
-            teacher_top1 = topk_accuracy(load_predictions(
-                layout.gen_file(cycle - 1, PREDICTIONS))[0], labels, 1)
-        record = dict(
-            generation=cycle,
-            trained_with=self._role(runner, cycle),
-            handed_on=f'last (epoch {runner.epoch + 1})',
-            epochs=runner.epoch + 1,
-            wall_time_s=round(self._cycle_time.get(cycle, 0.0), 1),
-            **prediction_stats(scores, labels, self.report_k),
-            report_k=self.report_k,
-            ensemble_members=members,
-            ensemble_top1=topk_accuracy(ensemble_scores(all_scores), labels,
-                                        1),
-            teacher_top1=teacher_top1,
-            snapshot=dict(cycle=cycle, cycle_epochs=self.cycle_epochs))
-        atomic_write_text(json.dumps(record, indent=2),
-                          layout.gen_file(cycle, GENERATION_FILE))
-        records = self._records(cycle)
-        title = (f'Snapshot generations of {osp.basename(runner.work_dir)} '
-                 f'({self.num_cycles} cycles of {self.cycle_epochs} epochs)')
-        write_report(layout.work_dir, records, title)
-        print_log(
-            f'[snapshot] cycle {cycle}/{self.num_cycles - 1} finished: '
-            f"top-1 {record['top1']:.2f}, ensemble 1..{cycle} "
-            f"{record['ensemble_top1']:.2f}, mean top-1 prob "
-            f"{record['mean_top1_prob']:.4f}"
-            + ('' if teacher_top1 is None else
-               f', teacher {teacher_top1:.2f}') +
-            f' (report: {layout.path("generations.md")})',
-            logger='current')
-
-    def _records(self, upto: int) -> List[dict]:
-        records = []
-        for c in range(upto + 1):
-            path = self.layout.gen_file(c, GENERATION_FILE)
-            if osp.isfile(path):
-                with open(path) as f:
-                    records.append(json.load(f))
-        return records
