@@ -20,8 +20,8 @@ from mmpretrain.apis.model import ModelHub
 from mmpretrain.registry import MODELS
 
 from conftest import assert_same_weights, student_cfg, weights
-from mmtolerant.models.classifiers.frozen_teacher import (FrozenTeacher,
-                                                          teacher_model_cfg,
+from mmtolerant.models.classifiers.frozen_teacher import FrozenTeacher
+from mmtolerant.models.classifiers.teacher_source import (teacher_model_cfg,
                                                           zoo_teacher)
 from mmtolerant.utils import CheckpointLoadError, safe_torch_load
 
