@@ -64,6 +64,45 @@ def train_eval_loader_cfg(cfg: Config):
     return loader_cfg
 
 
+def test_set(runner):
+    """The run's test loader config, and its built validation set when the
+    test set is configured alike (predicted from it with no second parse
+    of its files), else None."""
+    cfg = runner.cfg
+    test_cfg = test_loader_cfg(cfg)
+    built_val = getattr(runner.val_loop, 'dataloader', None)
+    same_as_val = cfg.get('val_dataloader') is not None and \
+        plain_data(test_cfg) == plain_data(cfg.val_dataloader)
+    dataset = built_val.dataset if same_as_val and hasattr(
+        built_val, 'dataset') else None
+    return test_cfg, dataset
+
+
+def chain_columns(layout: ChainLayout, m: int, scores: np.ndarray,
+                  labels: np.ndarray, teachers: Sequence[int]) -> dict:
+    """Generation m's ensemble of the students M1..Mm (M0 alone for m = 0)
+    and its teacher's top-1, from the earlier generations' saved
+    predictions (``scores``: m's own)."""
+    members = [m] if m == 0 else list(range(1, m + 1))
+    all_scores = [
+        scores if g == m else load_predictions(
+            layout.gen_file(g, PREDICTIONS))[0] for g in members
+    ]
+    teacher_top1: Optional[float] = None
+    if teachers:
+        # The teacher's prediction: its generation's (the average of its
+        # members' for an ensemble, as EnsembleTeacher predicts).
+        teacher_top1 = topk_accuracy(
+            ensemble_scores([
+                load_predictions(layout.gen_file(g, PREDICTIONS))[0]
+                for g in teachers
+            ]), labels, 1)
+    return dict(
+        ensemble_members=members,
+        ensemble_top1=topk_accuracy(ensemble_scores(all_scores), labels, 1),
+        teacher_top1=teacher_top1)
+
+
 def predict(model, loader_cfg, dataset=None, desc='[chain] predictions'):
     """Scores and labels of ``model`` on a dataloader's samples, each rank
     predicting its share; gathered in dataset order on rank 0 ((None,
@@ -194,7 +233,7 @@ class GenerationFinishHook(Hook):
             **prediction_stats(scores, labels, self.report_k),
             **train_stats,
             report_k=self.report_k,
-            **self._chain_columns(scores, labels))
+            **chain_columns(self.layout, m, scores, labels, self.teachers))
         # What the chain adds to an ordinary mmpretrain run: building the
         # runner (teacher included) and this step.
         record['build_time_s'] = round(self._timing['build_time_s'] or 0.0,
@@ -227,12 +266,7 @@ class GenerationFinishHook(Hook):
         """The handed-on model's test-set scores and labels (rank 0), and
         where they come from."""
         cfg = runner.cfg
-        test_cfg = test_loader_cfg(cfg)
-        same_as_val = cfg.get('val_dataloader') is not None and \
-            plain_data(test_cfg) == plain_data(cfg.val_dataloader)
-        val_loop = runner.val_loop
-        built_val = getattr(val_loop, 'dataloader', None)
-        built_val = built_val if hasattr(built_val, 'dataset') else None
+        test_cfg, dataset = test_set(runner)
         # Under DDP each rank validated its own copy: the same weights, but
         # BatchNorm statistics of its own share of the data unless buffers
         # are broadcast. The report describes rank 0's model, the exported.
@@ -240,14 +274,13 @@ class GenerationFinishHook(Hook):
         # A final validation in autocast, or of other weights than those
         # handed on (EMA), is not the handed-on model's float32 prediction.
         fp16_val = bool((cfg.get('val_cfg') or {}).get('fp16'))
-        if self.hand_on == 'last' and same_as_val and ranks_agree \
-                and not fp16_val and built_val is not None and agree(
+        if self.hand_on == 'last' and dataset is not None and ranks_agree \
+                and not fp16_val and agree(
                     self.final_val.describes(runner, model)):
-            kept = self.final_val.gather(len(built_val.dataset))
+            kept = self.final_val.gather(len(dataset))
             if agree(kept is not None):
                 return (kept if is_main_process() else (None, None)), \
                     'final validation pass'
-        dataset = built_val.dataset if same_as_val and built_val else None
         return predict(model, test_cfg, dataset,
                        f'[chain] M{self.generation} test set'), 'test pass'
 
@@ -270,28 +303,3 @@ class GenerationFinishHook(Hook):
         stats = prediction_stats(scores, labels, self.report_k)
         return dict(train_top1=stats['top1'],
                     train_mean_top1_prob=stats['mean_top1_prob'])
-
-    def _chain_columns(self, scores: np.ndarray,
-                       labels: np.ndarray) -> dict:
-        """The ensemble of the students M1..Mm (M0 alone for m = 0) and the
-        teacher's top-1, from the earlier generations' saved predictions."""
-        m = self.generation
-        members = [m] if m == 0 else list(range(1, m + 1))
-        all_scores = [
-            scores if g == m else load_predictions(
-                self.layout.gen_file(g, PREDICTIONS))[0] for g in members
-        ]
-        teacher_top1: Optional[float] = None
-        if self.teachers:
-            # The teacher's prediction: its generation's (the average of
-            # its members' for an ensemble, as EnsembleTeacher predicts).
-            teacher_top1 = topk_accuracy(
-                ensemble_scores([
-                    load_predictions(self.layout.gen_file(
-                        g, PREDICTIONS))[0] for g in self.teachers
-                ]), labels, 1)
-        return dict(
-            ensemble_members=members,
-            ensemble_top1=topk_accuracy(ensemble_scores(all_scores), labels,
-                                        1),
-            teacher_top1=teacher_top1)

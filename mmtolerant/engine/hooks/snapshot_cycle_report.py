@@ -8,34 +8,22 @@ from typing import List, Optional
 import numpy as np
 from mmengine.logging import print_log
 
-from mmtolerant.evaluation.generation_report import (ensemble_scores,
-                                                     load_predictions,
-                                                     prediction_stats,
+from mmtolerant.evaluation.generation_report import (prediction_stats,
                                                      save_predictions,
-                                                     topk_accuracy,
                                                      write_report)
 from mmtolerant.models.classifiers.plain_classifier import export_plain_model
 from mmtolerant.models.losses.utils import loss_name
 from mmtolerant.utils.chain_layout import (GENERATION_FILE, PREDICTIONS,
                                            REPORT_MD, ChainLayout)
-from mmtolerant.utils.config import plain_data
 from mmtolerant.utils.fileio import atomic_write_text
 from mmtolerant.utils.model import bare_model
-from .generation_finish_hook import predict, test_loader_cfg
+from .generation_finish_hook import chain_columns, predict, test_set
 
 
 def cycle_test_predictions(runner, model, cycle: int):
     """Cycle ``cycle``'s test-set scores and labels on rank 0 ((None, None)
-    elsewhere; every rank predicts its share). The run's built validation
-    set is reused when the test set is configured alike."""
-    cfg = runner.cfg
-    test_cfg = test_loader_cfg(cfg)
-    built_val = getattr(runner.val_loop, 'dataloader', None)
-    dataset = None
-    if cfg.get('val_dataloader') is not None and hasattr(
-            built_val, 'dataset') and plain_data(test_cfg) == \
-            plain_data(cfg.val_dataloader):
-        dataset = built_val.dataset
+    elsewhere; every rank predicts its share)."""
+    test_cfg, dataset = test_set(runner)
     return predict(model, test_cfg, dataset,
                    f'[snapshot] cycle {cycle} test set')
 
@@ -88,13 +76,8 @@ def write_cycle(runner, layout: ChainLayout, model, cycle: int,
                         epoch=runner.epoch + 1))
     scores = save_predictions(layout.gen_file(cycle, PREDICTIONS), scores,
                               labels)
-    members = [cycle] if cycle == 0 else list(range(1, cycle + 1))
-    all_scores = [scores if c == cycle else load_predictions(
-        layout.gen_file(c, PREDICTIONS))[0] for c in members]
-    teacher_top1 = None
-    if cycle > 0:
-        teacher_top1 = topk_accuracy(load_predictions(
-            layout.gen_file(cycle - 1, PREDICTIONS))[0], labels, 1)
+    columns = chain_columns(layout, cycle, scores, labels,
+                            [cycle - 1] if cycle else [])
     record = dict(
         generation=cycle,
         trained_with=cycle_role(runner, cycle, first_cycle_loss),
@@ -103,9 +86,7 @@ def write_cycle(runner, layout: ChainLayout, model, cycle: int,
         wall_time_s=round(wall_time_s, 1),
         **prediction_stats(scores, labels, report_k),
         report_k=report_k,
-        ensemble_members=members,
-        ensemble_top1=topk_accuracy(ensemble_scores(all_scores), labels, 1),
-        teacher_top1=teacher_top1,
+        **columns,
         snapshot=dict(cycle=cycle, cycle_epochs=cycle_epochs))
     atomic_write_text(json.dumps(record, indent=2),
                       layout.gen_file(cycle, GENERATION_FILE))
@@ -117,7 +98,8 @@ def write_cycle(runner, layout: ChainLayout, model, cycle: int,
         f"{record['top1']:.2f}, ensemble 1..{cycle} "
         f"{record['ensemble_top1']:.2f}, mean top-1 prob "
         f"{record['mean_top1_prob']:.4f}" +
-        ('' if teacher_top1 is None else f', teacher {teacher_top1:.2f}') +
+        ('' if columns['teacher_top1'] is None else
+         f", teacher {columns['teacher_top1']:.2f}") +
         f' (report: {layout.path(REPORT_MD)})',
         logger='current')
     return record

@@ -295,14 +295,17 @@ class SnapshotGenerationsHook(Hook):
 
     # --- the end of each cycle ---------------------------------------------
 
-    def after_train_epoch(self, runner) -> None:
-        cycle = self._cycle(runner.epoch)
-        # Since the last epoch's end: this epoch, and the validation and
-        # checkpoint after the last one.
+    def _count_time(self, cycle: int) -> None:
+        """Give ``cycle`` the time since the last count."""
         now = time.time()
         self._cycle_time[cycle] = self._cycle_time.get(cycle, 0.0) + (
             now - self._mark)
         self._mark = now
+
+    def after_train_epoch(self, runner) -> None:
+        cycle = self._cycle(runner.epoch)
+        # This epoch, and the validation and checkpoint after the last one.
+        self._count_time(cycle)
         if (runner.epoch + 1) % self.cycle_epochs:
             return
         model = bare_model(runner.model)
@@ -310,9 +313,7 @@ class SnapshotGenerationsHook(Hook):
         # rank 0's, BatchNorm statistics included.
         use_rank0_buffers(model)
         scores, labels = cycle_test_predictions(runner, model, cycle)
-        now = time.time()  # the test pass is the cycle's, as a chain's
-        self._cycle_time[cycle] += now - self._mark
-        self._mark = now
+        self._count_time(cycle)  # the test pass is the cycle's, as a chain's
         if is_main_process():
             write_cycle(runner, self.layout, model, cycle, scores, labels,
                         num_cycles=self.num_cycles,
