@@ -262,8 +262,11 @@ class TeacherSumHook(Hook):
         if model.teacher is not None:
             total = sum(v.double().sum().item()
                         for v in model.teacher.state_dict().values())
-            print(f'teacher sum epoch {runner.epoch + 1} rank '
-                  f'{runner.rank}: {total!r}', flush=True)
+            # A file per rank: two processes' output may interleave.
+            with open(f'{runner.work_dir}/teacher_sums_{runner.rank}.txt',
+                      'a') as f:
+                f.write(f'teacher sum epoch {runner.epoch + 1} rank '
+                        f'{runner.rank}: {total!r}\\n')
 '''
 
 
@@ -297,7 +300,8 @@ def test_snapshot_generations_under_2_process_ddp(tmp_path, python):
              'PYTHONPATH': f'{tmp_path}{os.pathsep}{REPO}'})
     log = proc.stdout + proc.stderr
     assert 'Distributed training: True' in log
-    sums = re.findall(r'teacher sum epoch (\d) rank (\d): (\S+)', log)
+    sums = re.findall(r'teacher sum epoch (\d) rank (\d): (\S+)', ''.join(
+        (work_dir / f'teacher_sums_{r}.txt').read_text() for r in (0, 1)))
     assert sorted((e, r) for e, r, _ in sums) == [
         ('3', '0'), ('3', '1'), ('4', '0'), ('4', '1')]
     assert len({s for _, _, s in sums}) == 1  # one teacher on both ranks
